@@ -1,0 +1,85 @@
+# dmagate: `make demo` shows the bench working, `make test` proves it.
+# Every target builds only what is stale; `make help` lists them.
+
+KERNEL ?= 6.12
+# Kernel flavours `make test` runs the VM suite on.
+TEST_KERNELS ?= 6.12 6.1
+PYTEST_ARGS ?=
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+DMAGATE := $(VENV)/bin/dmagate
+BUILD   := build
+QEMU    := $(BUILD)/qemu/qemu-system-x86_64
+IMAGE    = $(BUILD)/image-$(KERNEL)
+
+QEMU_INPUTS   := $(shell find qemu-device -type f -not -name README.md 2>/dev/null)
+DRIVER_INPUTS := $(shell find guest-driver -type f -not -name README.md 2>/dev/null)
+IMAGE_INPUTS  := images/build_image.py images/init $(DRIVER_INPUTS)
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@echo "  variables: KERNEL=$(KERNEL) (6.12 or 6.1), TEST_KERNELS=\"$(TEST_KERNELS)\""
+
+deps: ## Debian packages and the project venv (.venv)
+	@bash scripts/deps.sh
+	@$(MAKE) --no-print-directory -s $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v python3 >/dev/null || { echo "deps: python3 not found: apt-get install python3-venv"; exit 1; }
+	@test -x $(PY) || python3 -m venv $(VENV) || { echo "deps: cannot make a venv: apt-get install python3-venv"; exit 1; }
+	@echo "deps: pip install -e .[dev] into $(VENV)"
+	@$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import dmagate, paramiko, pexpect, qemu.qmp, pytest' || { echo "deps: pip install into $(VENV) failed"; exit 1; }
+	@touch $@
+
+qemu: deps $(QEMU) ## QEMU from Debian's source with the device built in
+
+$(QEMU): $(QEMU_INPUTS) | deps
+	@qemu-device/build.sh $(QEMU)
+	@touch $(QEMU)
+
+driver: deps ## the guest modules and tools, against KERNEL's headers
+	@$(PY) images/build_image.py --flavour $(KERNEL) --out $(IMAGE) --driver-only
+
+image: qemu $(IMAGE)/manifest.json ## the bootable guest for KERNEL
+
+$(BUILD)/image-%/manifest.json: $(IMAGE_INPUTS) $(QEMU) | deps
+	@$(PY) images/build_image.py --flavour $* --out $(BUILD)/image-$* \
+		--qemu-build-info $(BUILD)/qemu/build-info.json
+
+demo: image ## boot the guest, show the device, print boot time and manifest
+	@$(DMAGATE) --kernel $(KERNEL) demo
+
+shell: image ## boot and attach to the guest's serial console (Ctrl-] quits)
+	@$(DMAGATE) --kernel $(KERNEL) boot
+
+lint: deps ## ruff and mypy over the Python
+	@$(VENV)/bin/ruff check harness images tests
+	@$(VENV)/bin/mypy
+
+unit-test: deps ## host-only tests (no QEMU)
+	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+vm-test: image ## the VM tests on KERNEL
+	@$(VENV)/bin/pytest tests/vm --kernel $(KERNEL) $(PYTEST_ARGS) \
+		--junitxml=$(BUILD)/test-results/vm-$(KERNEL).xml
+
+test: lint qemu ## everything: lint, unit tests, VM tests on each of TEST_KERNELS
+	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
+	@set -e; for k in $(TEST_KERNELS); do \
+		$(MAKE) --no-print-directory vm-test KERNEL=$$k; done
+
+bench: image ## boot-time benchmark (median of 5 boots) -> build/bench/
+	@$(DMAGATE) --kernel $(KERNEL) bench-boot -n 5 --out $(BUILD)/bench/boot-$(KERNEL).json
+
+clean: ## remove build/ (the download and QEMU caches in ~/.cache/dmagate stay)
+	rm -rf $(BUILD)
+
+distclean: clean ## also remove .venv and ~/.cache/dmagate
+	rm -rf $(VENV) $${DMAGATE_CACHE:-$$HOME/.cache/dmagate}
+
+.PHONY: help deps qemu driver image demo shell lint unit-test vm-test test bench clean distclean

@@ -1,0 +1,229 @@
+"""dmagate command line: a thin layer over the library.
+
+    dmagate info                 manifest summary and the accelerator in use
+    dmagate boot                 boot and attach to the serial console (Ctrl-] quits)
+    dmagate ssh CMD...           run a command in the VM that `boot` started
+    dmagate qmp CMD [JSON]       run a QMP command there
+    dmagate demo                 boot, show the device, report timings, shut down
+    dmagate bench-boot -n N      boot N times; median boot-to-SSH time as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from dmagate.accel import resolve_accelerator
+from dmagate.health import HealthWatch
+from dmagate.manifest import Manifest, ManifestError
+from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
+from dmagate.ssh import SSH
+from dmagate.transcript import Transcript
+from dmagate.vm import VM, VMError, VMOptions
+
+SESSION_FILE = "session.json"
+
+
+@dataclass(frozen=True)
+class Session:
+    """How `ssh` and `qmp` reach the VM that `boot` is running."""
+
+    pid: int
+    flavour: str
+    ssh_port: int
+    qmp_socket: str
+    workdir: str
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _session_path(paths: BuildPaths) -> Path:
+    return paths.runs / SESSION_FILE
+
+
+def _load_session(paths: BuildPaths) -> Session:
+    try:
+        session = Session(**json.loads(_session_path(paths).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        session = None
+    if session is None or not session.alive():
+        raise SystemExit("dmagate: no VM is running: start one with `make shell` or `dmagate boot`")
+    return session
+
+
+def _options(args: argparse.Namespace, **overrides: object) -> VMOptions:
+    return VMOptions(flavour=args.kernel, accel=args.accel, **overrides)  # type: ignore[arg-type]
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    paths = BuildPaths.discover()
+    manifest = Manifest.load(paths.image(args.kernel))
+    print(manifest.summary())
+    accel = resolve_accelerator(args.accel, paths.qemu)
+    print(f"accelerator {accel.name} ({accel.reason})")
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    paths = BuildPaths.discover()
+    vm = VM(_options(args, user_qmp=True, name="shell"), paths)
+    vm.start(wait=False)
+    try:
+        assert vm.user_qmp_socket is not None
+        session = Session(vm.pid, args.kernel, vm.ssh_port, str(vm.user_qmp_socket),
+                          str(vm.workdir))
+        _session_path(paths).write_text(json.dumps(asdict(session)))
+        print(f"dmagate: {vm.accel.name}, kernel {vm.manifest.kernel_release}")
+        print(f"dmagate: QMP for scripts: {vm.user_qmp_socket}")
+        print(f"dmagate: SSH: dmagate ssh CMD (127.0.0.1:{vm.ssh_port}); logs in {vm.workdir}")
+        print("dmagate: serial console follows; Ctrl-] quits and stops the VM", flush=True)
+        sys.stdout.write(vm.console.text())
+        vm.console.interact()
+    finally:
+        _session_path(paths).unlink(missing_ok=True)
+        print("\ndmagate: stopping the VM")
+        vm.kill()
+    return 0
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    paths = BuildPaths.discover()
+    session = _load_session(paths)
+    image = paths.image(session.flavour)
+    manifest = Manifest.load(image)
+    ssh = SSH(
+        session.ssh_port,
+        image / manifest.extra["client_key"],
+        manifest.extra["host_key"],
+        Transcript(Path(session.workdir) / "cli-ssh.log"),
+    )
+    ssh.connect(timeout=30)
+    try:
+        status, out, err = ssh.run(shlex.join(args.command), timeout=args.timeout)
+    finally:
+        ssh.close()
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return status
+
+
+def cmd_qmp(args: argparse.Namespace) -> int:
+    session = _load_session(BuildPaths.discover())
+    arguments = json.loads(args.arguments) if args.arguments else {}
+    monitor = QEMUMonitorProtocol(session.qmp_socket)
+    monitor.connect()
+    try:
+        reply = monitor.cmd_raw(args.command, arguments)
+    finally:
+        monitor.close()
+    print(json.dumps(reply.get("return", reply), indent=2))
+    return 1 if "error" in reply else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    paths = BuildPaths.discover()
+    manifest = Manifest.load(paths.image(args.kernel))
+    print("== guest image")
+    print(manifest.summary())
+    with VM(_options(args, name="demo"), paths) as vm:
+        watch = HealthWatch.begin(vm, from_boot=True)
+        print(f"\n== booted on {vm.accel.name} ({vm.accel.reason})")
+        print(f"QEMU started -> init ready  {vm.timing.init_ready:6.2f} s")
+        print(f"QEMU started -> SSH ready   {vm.timing.ssh_ready:6.2f} s")
+        print("\n== the device on the guest's PCI bus (dmagatectl list)")
+        listing = vm.run("dmagatectl list")
+        print(listing.stdout.rstrip() or listing.stderr.rstrip())
+        print("\n== the driver's log (dmesg)")
+        print(vm.run("dmesg | grep -E 'dmagate'").stdout.rstrip())
+        health = watch.check()
+        print("\n== kernel health:", "clean" if health.clean else health.describe())
+        started = time.monotonic()
+    print(f"\n== shut down cleanly in {time.monotonic() - started:.2f} s")
+    return 0 if listing.status == 0 and health.clean else 1
+
+
+def cmd_bench_boot(args: argparse.Namespace) -> int:
+    paths = BuildPaths.discover()
+    accel = resolve_accelerator(args.accel, paths.qemu)
+    samples = []
+    for i in range(args.boots):
+        with VM(VMOptions(flavour=args.kernel, name=f"bench-{i}"), paths, accel) as vm:
+            samples.append(asdict(vm.timing))
+        print(f"boot {i + 1}/{args.boots}: init {samples[-1]['init_ready']:.2f} s, "
+              f"ssh {samples[-1]['ssh_ready']:.2f} s", flush=True)
+    result = {
+        "accelerator": accel.name,
+        "kernel": args.kernel,
+        "boots": args.boots,
+        "median_init_ready_s": statistics.median(s["init_ready"] for s in samples),
+        "median_ssh_ready_s": statistics.median(s["ssh_ready"] for s in samples),
+        "min_ssh_ready_s": min(s["ssh_ready"] for s in samples),
+        "max_ssh_ready_s": max(s["ssh_ready"] for s in samples),
+        "samples": samples,
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(f"median boot-to-SSH {result['median_ssh_ready_s']:.2f} s over {args.boots} boots "
+          f"({accel.name}, kernel {args.kernel})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="dmagate", description=__doc__.splitlines()[0])
+    top.add_argument("--kernel", default=os.environ.get("KERNEL", DEFAULT_FLAVOUR),
+                     help="kernel flavour (default: $KERNEL or %(default)s)")
+    top.add_argument("--accel", default=os.environ.get("DMAGATE_ACCEL", "auto"),
+                     choices=("auto", "kvm", "tcg"))
+    sub = top.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="manifest summary and accelerator").set_defaults(func=cmd_info)
+    sub.add_parser("boot", help="boot and attach to the console").set_defaults(func=cmd_boot)
+    ssh = sub.add_parser("ssh", help="run a command in the running VM")
+    ssh.add_argument("--timeout", type=float, default=300.0)
+    ssh.add_argument("command", nargs="+")
+    ssh.set_defaults(func=cmd_ssh)
+    qmp = sub.add_parser("qmp", help="run a QMP command in the running VM")
+    qmp.add_argument("command")
+    qmp.add_argument("arguments", nargs="?", help="JSON object of arguments")
+    qmp.set_defaults(func=cmd_qmp)
+    sub.add_parser("demo", help="boot, show the device, shut down").set_defaults(func=cmd_demo)
+    bench = sub.add_parser("bench-boot", help="median boot-to-SSH time")
+    bench.add_argument("-n", "--boots", type=int, default=5)
+    bench.add_argument("--out", type=Path)
+    bench.set_defaults(func=cmd_bench_boot)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ManifestError, VMError, FileNotFoundError) as err:
+        print(f"dmagate: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,68 @@
+"""Did the kernel stay clean while a piece of work ran in the guest?
+
+A ``HealthWatch`` takes a baseline of a VM (console position, taint) and
+later reports every kernel splat printed since and every taint bit picked
+up since, other than the module bits O and E.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dmagate import taint as taint_flags
+from dmagate.splat import Splat, format_splats
+from dmagate.vm import VM
+
+
+@dataclass
+class HealthReport:
+    vm_name: str
+    splats: list[Splat] = field(default_factory=list)
+    new_taint: int = 0
+    problem: str = ""  # the VM itself is gone or unreachable
+
+    @property
+    def clean(self) -> bool:
+        return not self.splats and not self.new_taint and not self.problem
+
+    def describe(self) -> str:
+        lines = []
+        if self.problem:
+            lines.append(f"{self.vm_name}: {self.problem}")
+        if self.new_taint:
+            lines.append(
+                f"{self.vm_name}: kernel picked up taint "
+                f"{taint_flags.letters(self.new_taint)} (0x{self.new_taint:x})"
+            )
+        if self.splats:
+            lines.append(f"{self.vm_name}: {len(self.splats)} kernel splat(s)")
+            lines.append(format_splats(self.splats))
+        return "\n".join(lines)
+
+
+@dataclass
+class HealthWatch:
+    vm: VM
+    console_mark: int
+    log_mark: int
+    taint: int
+
+    @classmethod
+    def begin(cls, vm: VM, from_boot: bool = False) -> HealthWatch:
+        """Baseline now, or (``from_boot``) from the VM's start."""
+        if from_boot:
+            return cls(vm, 0, 0, vm.boot_taint)
+        return cls(vm, vm.console.mark(), vm.console.log_mark(), vm.taint())
+
+    def check(self) -> HealthReport:
+        report = HealthReport(self.vm.options.name)
+        report.splats = self.vm.splats(self.console_mark)
+        if not self.vm.is_running():
+            if not self.vm.stopped:
+                report.problem = "QEMU exited during the test"
+            return report
+        try:
+            report.new_taint = self.vm.new_taint(self.taint)
+        except Exception as err:
+            report.problem = f"cannot read the taint over SSH: {err}"
+        return report

@@ -1,0 +1,55 @@
+"""Where the build puts what the harness boots."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_FLAVOUR = "6.12"
+
+
+def _find_root(start: Path) -> Path | None:
+    for directory in (start, *start.parents):
+        if (directory / "pyproject.toml").is_file() and (directory / "qemu-device").is_dir():
+            return directory
+    return None
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    """The outputs of ``make qemu`` and ``make image`` in one checkout."""
+
+    root: Path
+
+    @classmethod
+    def discover(cls) -> BuildPaths:
+        """$DMAGATE_ROOT, else the checkout around the cwd, else this package's."""
+        if env := os.environ.get("DMAGATE_ROOT"):
+            return cls(Path(env).resolve())
+        for start in (Path.cwd(), Path(__file__).resolve().parent):
+            if root := _find_root(start):
+                return cls(root)
+        raise FileNotFoundError(
+            "cannot find the dmagate checkout: run from inside it or set DMAGATE_ROOT"
+        )
+
+    @property
+    def build(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def qemu(self) -> Path:
+        return self.build / "qemu" / "qemu-system-x86_64"
+
+    def image(self, flavour: str = DEFAULT_FLAVOUR) -> Path:
+        return self.build / f"image-{flavour}"
+
+    @property
+    def runs(self) -> Path:
+        """Per-VM working directories: sockets, logs."""
+        return self.build / "runs"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.build / "test-artifacts"

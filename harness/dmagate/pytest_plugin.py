@@ -1,0 +1,241 @@
+"""pytest plugin: VMs as fixtures, kernel health as a test outcome.
+
+Fixtures
+  ``dmagate_bench``  session: build paths, kernel flavour, accelerator
+  ``vm``             a VM shared by the tests of one module (restarted if a
+                     test killed it)
+  ``fresh_vm``       a VM of the test's own
+  ``make_vm``        factory for VMs with other options; all stopped after
+
+Every test that uses a VM fails if the guest kernel printed a splat or picked
+up a taint (other than O/E) while it ran, unless the test says it expects
+exactly that with ``@pytest.mark.expect_splat("TITLE-REGEX")``. A failing
+test's report ends with the last console lines and the splats; its console
+slice, QMP and SSH transcripts and QEMU command line are kept under
+build/test-artifacts/<test>/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dmagate.accel import Accelerator, resolve_accelerator
+from dmagate.health import HealthReport, HealthWatch
+from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
+from dmagate.vm import VM, VMOptions
+
+VM_FIXTURES = frozenset({"vm", "fresh_vm", "make_vm"})
+CONSOLE_TAIL_LINES = 30
+
+
+class KernelHealthError(AssertionError):
+    """The guest kernel splatted or got tainted during the test."""
+
+
+@dataclass
+class Bench:
+    """What every VM of a session shares."""
+
+    paths: BuildPaths
+    flavour: str
+    accelerator: Accelerator
+
+    def options(self, **overrides: Any) -> VMOptions:
+        return replace(VMOptions(flavour=self.flavour), **overrides)
+
+    def new_vm(self, **overrides: Any) -> VM:
+        return VM(self.options(**overrides), self.paths, self.accelerator)
+
+
+@dataclass
+class _TestVMs:
+    """The VMs one test touched, with the baseline taken for each."""
+
+    watches: list[HealthWatch] = field(default_factory=list)
+
+    def add(self, vm: VM, from_boot: bool) -> None:
+        if all(w.vm is not vm for w in self.watches):
+            self.watches.append(HealthWatch.begin(vm, from_boot=from_boot))
+
+
+_VMS_KEY = pytest.StashKey[_TestVMs]()
+_HEALTH_KEY = pytest.StashKey[list[HealthReport]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dmagate")
+    group.addoption(
+        "--kernel",
+        default=os.environ.get("KERNEL", DEFAULT_FLAVOUR),
+        help="guest kernel flavour (KERNEL): 6.12 or 6.1",
+    )
+    group.addoption(
+        "--accel",
+        default=os.environ.get("DMAGATE_ACCEL", "auto"),
+        help="accelerator: auto (KVM if it really runs guests), kvm or tcg",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "expect_splat(title_regex): the test provokes a kernel splat on purpose"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if VM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.vm)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"dmagate: kernel flavour {config.getoption('kernel')}"
+
+
+@pytest.fixture(scope="session")
+def dmagate_bench(request: pytest.FixtureRequest) -> Bench:
+    paths = BuildPaths.discover()
+    flavour = str(request.config.getoption("kernel"))
+    accelerator = resolve_accelerator(str(request.config.getoption("accel")), paths.qemu)
+    return Bench(paths, flavour, accelerator)
+
+
+def _watch(request: pytest.FixtureRequest, vm: VM, from_boot: bool) -> None:
+    vms = request.node.stash.setdefault(_VMS_KEY, _TestVMs())
+    vms.add(vm, from_boot)
+
+
+@pytest.fixture(scope="module")
+def _module_vm(dmagate_bench: Bench, request: pytest.FixtureRequest) -> Iterator[list[VM]]:
+    holder: list[VM] = []
+    yield holder
+    for vm in holder:
+        vm.shutdown()
+
+
+@pytest.fixture
+def vm(_module_vm: list[VM], dmagate_bench: Bench, request: pytest.FixtureRequest) -> VM:
+    if _module_vm and not _module_vm[0].is_running():
+        _module_vm.pop().kill()
+    if not _module_vm:
+        name = re.sub(r"\W+", "-", request.module.__name__.rsplit(".", 1)[-1])
+        _module_vm.append(dmagate_bench.new_vm(name=name).start())
+    _watch(request, _module_vm[0], from_boot=False)
+    return _module_vm[0]
+
+
+@pytest.fixture
+def fresh_vm(make_vm: Callable[..., VM]) -> VM:
+    return make_vm()
+
+
+@pytest.fixture
+def make_vm(
+    dmagate_bench: Bench, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., VM]]:
+    made: list[VM] = []
+
+    def factory(**overrides: Any) -> VM:
+        overrides.setdefault("name", re.sub(r"\W+", "-", request.node.name)[:40])
+        vm = dmagate_bench.new_vm(**overrides).start()
+        made.append(vm)
+        _watch(request, vm, from_boot=True)
+        return vm
+
+    yield factory
+    for vm in made:
+        vm.shutdown()
+
+
+def _expected(item: pytest.Item) -> list[re.Pattern[str]]:
+    return [re.compile(str(m.args[0])) for m in item.iter_markers("expect_splat")]
+
+
+def judge(expected: list[re.Pattern[str]], reports: list[HealthReport]) -> str:
+    """What is wrong with the kernel's behaviour in a test, or "".
+
+    ``expected``: title patterns of splats the test provokes on purpose; each
+    must appear, and then the taint they bring is no finding either.
+    """
+    problems = []
+    seen: set[int] = set()
+    for report in reports:
+        unexpected = []
+        for splat in report.splats:
+            hits = [i for i, pattern in enumerate(expected) if pattern.search(splat.title)]
+            seen.update(hits)
+            if not hits:
+                unexpected.append(splat)
+        # A splat the test provoked taints the kernel (W, maybe D); that is
+        # part of what it expected.
+        rest = HealthReport(
+            report.vm_name, unexpected, 0 if expected else report.new_taint, report.problem
+        )
+        if not rest.clean:
+            problems.append(rest.describe())
+    for i, pattern in enumerate(expected):
+        if i not in seen:
+            problems.append(f"expected a kernel splat matching {pattern.pattern!r}; none came")
+    return "\n".join(problems)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    try:
+        result = yield
+    finally:
+        vms = item.stash.get(_VMS_KEY, None)
+        item.stash[_HEALTH_KEY] = [w.check() for w in vms.watches] if vms else []
+    verdict = judge(_expected(item), item.stash[_HEALTH_KEY])
+    if verdict:
+        raise KernelHealthError(verdict)
+    return result
+
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    vms = item.stash.get(_VMS_KEY, None)
+    if vms is None or not report.failed:
+        return report
+    health = {h.vm_name: h for h in item.stash.get(_HEALTH_KEY, [])}
+    artifacts = _artifact_dir(item)
+    for watch in vms.watches:
+        vm = watch.vm
+        name = vm.options.name
+        tail = "\n".join(vm.console.since(watch.console_mark).splitlines()[-CONSOLE_TAIL_LINES:])
+        report.sections.append((f"dmagate {name}: last console lines", tail))
+        if name in health and health[name].splats:
+            report.sections.append((f"dmagate {name}: kernel splats", health[name].describe()))
+        _save_artifacts(vm, watch, artifacts / name)
+    report.sections.append(("dmagate artifacts", str(artifacts)))
+    return report
+
+
+def _artifact_dir(item: pytest.Item) -> Path:
+    paths = BuildPaths.discover()
+    safe = re.sub(r"[^\w.-]+", "_", item.nodeid).strip("_")
+    directory = paths.artifacts / safe
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def _save_artifacts(vm: VM, watch: HealthWatch, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "console.log").write_text(vm.console.log_slice(watch.log_mark))
+    (directory / "qemu-cmdline.txt").write_text(" ".join(vm.argv) + "\n")
+    for transcript in (vm.qmp_log, vm.ssh_log):
+        if transcript is not None:
+            shutil.copyfile(transcript.path, directory / transcript.path.name)

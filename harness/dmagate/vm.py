@@ -1,0 +1,330 @@
+"""A dmagate guest: QEMU built from source, a Debian kernel, the project's
+initramfs; console, QMP and SSH attached.
+
+    with VM(VMOptions()) as vm:
+        status, out, err = vm.run("lspci -n")
+
+No QEMU outlives its VM object or the Python process that started it: QEMU
+leads its own process group (pexpect makes it a session leader), its parent-
+death signal is SIGKILL, and the object kills the group on exit, on
+exceptions and when garbage-collected or at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shlex
+import shutil
+import signal
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import pexpect
+
+from dmagate import splat as splat_parser
+from dmagate import taint as taint_flags
+from dmagate.accel import Accelerator, resolve_accelerator
+from dmagate.cmdline import GuestSpec, build_command, ssh_forward_port
+from dmagate.console import Console
+from dmagate.manifest import Manifest
+from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
+from dmagate.qmp import QMP
+from dmagate.ssh import SSH, CommandResult
+from dmagate.transcript import Transcript
+
+READY_LINE = re.compile(r"dmagate-init: ready")
+_PR_SET_PDEATHSIG = 1
+
+# Base timeouts in seconds for a KVM guest; Accelerator.scale stretches them.
+BOOT_TIMEOUT = 15.0
+SHUTDOWN_TIMEOUT = 5.0
+QMP_TIMEOUT = 10.0
+
+
+class VMError(RuntimeError):
+    """The VM could not be started, reached or stopped as asked."""
+
+
+@dataclass(frozen=True)
+class VMOptions:
+    flavour: str = DEFAULT_FLAVOUR
+    accel: str = "auto"
+    cpus: int = 2
+    memory_mib: int = 512
+    devices: tuple[str, ...] = ("edu",)
+    kernel_args: tuple[str, ...] = ()
+    extra_qemu_args: tuple[str, ...] = ()
+    name: str = "vm"
+    # A second QMP monitor for people and their fault-injection scripts; the
+    # harness keeps the first one to itself.
+    user_qmp: bool = False
+
+
+@dataclass
+class Timing:
+    """Host seconds from QEMU's start to each milestone."""
+
+    qmp: float = 0.0
+    init_ready: float = 0.0
+    ssh_ready: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Runs in the forked child before exec: SIGKILL when the parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+class VM:
+    def __init__(
+        self,
+        options: VMOptions | None = None,
+        paths: BuildPaths | None = None,
+        accelerator: Accelerator | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        self.options = options or VMOptions()
+        self.paths = paths or BuildPaths.discover()
+        self.image_dir = self.paths.image(self.options.flavour)
+        self.manifest = Manifest.load(self.image_dir)
+        if not self.paths.qemu.exists():
+            raise VMError(f"no QEMU at {self.paths.qemu}: run `make qemu`")
+        self.accel = accelerator or resolve_accelerator(self.options.accel, self.paths.qemu)
+        self.paths.runs.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir or Path(
+            tempfile.mkdtemp(prefix=f"{self.options.name}-", dir=self.paths.runs)
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # unix socket paths are limited to 107 bytes; keep it short.
+        self.qmp_socket = Path(tempfile.mkdtemp(prefix="dmagate-")) / "qmp.sock"
+        self.spec = GuestSpec(
+            qemu=self.paths.qemu,
+            kernel=self.image_dir / self.manifest.extra.get("boot_kernel", "vmlinuz"),
+            initrd=self.image_dir / "initramfs.cpio",
+            firmware_dirs=tuple(Path(d) for d in self.manifest.firmware["dirs"].split(":")),
+            bios=self.manifest.firmware["bios"],
+            accel=self.accel.name,
+            cpus=self.options.cpus,
+            memory_mib=self.options.memory_mib,
+            kernel_args=self.options.kernel_args,
+            devices=self.options.devices,
+            extra_args=self.options.extra_qemu_args,
+        )
+        self.user_qmp_socket = (
+            self.qmp_socket.with_name("user-qmp.sock") if self.options.user_qmp else None
+        )
+        self.argv = build_command(self.spec, self.qmp_socket, self.user_qmp_socket)
+        self.timing = Timing()
+        self._child: pexpect.spawn | None = None
+        self._finalizer: weakref.finalize[[int], VM] | None = None
+        self._console: Console | None = None
+        self._qmp: QMP | None = None
+        self._ssh: SSH | None = None
+        self._started = 0.0
+        self.ssh_port = 0
+        self.qmp_log: Transcript | None = None
+        self.ssh_log: Transcript | None = None
+        self.boot_taint = 0
+        # Set once the harness itself stopped QEMU: its exit is no finding.
+        self.stopped = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self, wait: bool = True) -> VM:
+        """Start QEMU, attach console and QMP; with ``wait``, also SSH."""
+        (self.workdir / "qemu-cmdline.txt").write_text(shlex.join(self.argv) + "\n")
+        self._started = time.monotonic()
+        parent = os.getpid()
+        try:
+            self._child = pexpect.spawn(
+                self.argv[0],
+                self.argv[1:],
+                echo=False,
+                preexec_fn=lambda: _die_with_parent(parent),
+                dimensions=(50, 200),
+            )
+        except pexpect.ExceptionPexpect as err:
+            raise VMError(f"cannot start {self.argv[0]}: {err}") from err
+        pid = self._child.pid
+        self._finalizer = weakref.finalize(self, _kill_group, pid)
+        self._console = Console(self._child, self.workdir / "console.log", self._started)
+        self.qmp_log = Transcript(self.workdir / "qmp.log", self._started)
+        self.ssh_log = Transcript(self.workdir / "ssh.log", self._started)
+        try:
+            self._qmp = QMP(self.qmp_socket, self.qmp_log)
+            try:
+                self._qmp.connect(self.accel.scale(QMP_TIMEOUT), alive=self.is_running)
+            except (ConnectionError, TimeoutError) as err:
+                time.sleep(0.2)  # let the console reader catch QEMU's last words
+                raise VMError(f"{err}; QEMU said:\n{self.console.tail(15)}") from err
+            self.timing.qmp = time.monotonic() - self._started
+            self.ssh_port = self._discover_ssh_port()
+            if wait:
+                self.wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _discover_ssh_port(self) -> int:
+        usernet = self.qmp.hmp("info usernet")
+        port = ssh_forward_port(usernet)
+        if port is None:
+            raise VMError(f"no SSH forward in 'info usernet':\n{usernet}")
+        return port
+
+    def wait_ready(self) -> None:
+        """Wait for init's ready line, then for SSH; record both times."""
+        timeout = self.accel.scale(BOOT_TIMEOUT)
+        try:
+            self.console.wait_for(READY_LINE, timeout, start=0)
+        except TimeoutError as err:
+            raise VMError(f"guest did not finish booting: {err}") from err
+        self.timing.init_ready = time.monotonic() - self._started
+        assert self.ssh_log is not None
+        self._ssh = SSH(
+            self.ssh_port,
+            self.image_dir / self.manifest.extra["client_key"],
+            self.manifest.extra["host_key"],
+            self.ssh_log,
+        )
+        self._ssh.connect(timeout)
+        self.timing.ssh_ready = time.monotonic() - self._started
+        self.boot_taint = self.taint()
+
+    @property
+    def pid(self) -> int:
+        if self._child is None:
+            raise VMError("VM not started")
+        return int(self._child.pid)
+
+    def is_running(self) -> bool:
+        return self._child is not None and bool(self._child.isalive())
+
+    def shutdown(self) -> int | None:
+        """Power off from inside the guest; escalate to QMP quit, then SIGKILL.
+
+        Returns QEMU's exit status (None if it had to be killed).
+        """
+        if self._child is None:
+            return None
+        self.stopped = True
+        timeout = self.accel.scale(SHUTDOWN_TIMEOUT)
+        with contextlib.suppress(Exception):
+            if self._ssh is not None and self.is_running():
+                # The command cannot report back: the guest is gone at once.
+                self._ssh.client.exec_command("poweroff -f")
+        status = self._wait_exit(timeout)
+        if status is None and self.is_running():
+            with contextlib.suppress(Exception):
+                self.qmp.cmd("quit")
+            status = self._wait_exit(timeout)
+        if status is None:
+            self.kill()
+        self._close_channels()
+        return status
+
+    def _wait_exit(self, timeout: float) -> int | None:
+        assert self._child is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._child.isalive():  # reaps it and sets exitstatus
+                return self._child.exitstatus  # type: ignore[no-any-return]
+            time.sleep(0.05)
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL QEMU's whole process group and reap it."""
+        self.stopped = True
+        if self._child is not None:
+            _kill_group(self._child.pid)
+            with contextlib.suppress(Exception):
+                self._child.close(force=True)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._close_channels()
+
+    def _close_channels(self) -> None:
+        for closer in (self._ssh, self._qmp):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer.close()
+        self._ssh = None
+        self._qmp = None
+        if self._console is not None:
+            self._console.join(2.0)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.qmp_socket.parent)
+
+    def __enter__(self) -> VM:
+        return self.start() if self._child is None else self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.shutdown()
+        else:
+            self.kill()
+
+    # -- channels --------------------------------------------------------------
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            raise VMError("VM not started")
+        return self._console
+
+    @property
+    def qmp(self) -> QMP:
+        if self._qmp is None:
+            raise VMError("QMP not connected")
+        return self._qmp
+
+    @property
+    def ssh(self) -> SSH:
+        if self._ssh is None:
+            raise VMError("SSH not connected (start with wait=True or call wait_ready)")
+        return self._ssh
+
+    def run(self, command: str, timeout: float = 30.0, check: bool = False) -> CommandResult:
+        """Run a shell command in the guest; the timeout scales with the accelerator."""
+        return self.ssh.run(command, timeout=self.accel.scale(timeout), check=check)
+
+    # -- kernel health ---------------------------------------------------------
+
+    def splats(self, since: int = 0) -> list[splat_parser.Splat]:
+        """Kernel reports printed on the console since a ``console.mark()``."""
+        return splat_parser.find_splats(self.console.since(since))
+
+    def taint(self) -> int:
+        return int(self.run("cat /proc/sys/kernel/tainted", check=True).stdout.strip())
+
+    def new_taint(self, before: int) -> int:
+        """Taint bits picked up since ``before``, other than O and E."""
+        return taint_flags.new_taint(before, self.taint())
+
+    def describe(self) -> str:
+        return (
+            f"{self.options.name}: pid {self.pid}, {self.accel.name}, kernel "
+            f"{self.manifest.kernel_release}, ssh 127.0.0.1:{self.ssh_port}, "
+            f"qmp {self.qmp_socket}"
+        )

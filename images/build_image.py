@@ -1,0 +1,490 @@
+"""Build a bootable dmagate guest: Debian kernel + initramfs + manifest.
+
+    python images/build_image.py --flavour 6.12 --out build/image-6.12 \
+        --qemu-build-info build/qemu/build-info.json
+
+The kernel flavour is resolved to the newest version the configured Debian
+archive offers at build time; its image, headers and kbuild packages are
+downloaded (never installed on the host) into the cache and unpacked there.
+The guest driver and the test-only modules are built against those headers,
+the guest tools statically, and everything goes into an uncompressed newc
+initramfs together with busybox, dropbear and an init script. Keys are made
+per build and live only in the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import lzma
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from dmagate.manifest import FileOutput, Manifest, PackageInput
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GUEST_DRIVER = ROOT / "guest-driver"
+
+# Metapackages that track each flavour. The 6.1 ones are pinned to
+# bookworm's own series by apt's default priorities (backports carry 6.12).
+FLAVOURS: dict[str, str] = {
+    "6.12": "linux-image-6.12-cloud-amd64",
+    "6.1": "linux-image-cloud-amd64",
+}
+# Kernel modules the guest needs from the image package (whatever of them is
+# not built in), loaded with their dependencies before the project's.
+GUEST_MODULES = ("virtio_pci", "virtio_net")
+FIRMWARE_DIRS = ("/usr/share/qemu", "/usr/share/seabios")
+BIOS = "qboot.rom"
+USERLAND_PACKAGES = ("busybox-static", "dropbear-bin", "qemu-system-data", "seabios")
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def run(cmd: Sequence[str | Path], cwd: Path | None = None) -> str:
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise BuildError(
+            f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
+    return proc.stdout
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def installed_version(package: str) -> str:
+    return run(["dpkg-query", "-W", "-f=${Version}", package]).strip()
+
+
+@dataclass(frozen=True)
+class KernelPackages:
+    """The binary packages of one kernel ABI, with their candidate versions."""
+
+    release: str  # e.g. 6.12.117+deb12-cloud-amd64
+    version: str  # Debian version of the packages, e.g. 6.12.117-1~deb12u1
+    image: str
+    headers: str
+    headers_common: str
+    kbuild: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.image, self.headers, self.headers_common, self.kbuild)
+
+
+def candidate(package: str) -> str:
+    out = run(["apt-cache", "policy", package])
+    match = re.search(r"Candidate: (\S+)", out)
+    if not match or match.group(1) == "(none)":
+        raise BuildError(f"no candidate for {package}: run `make deps` (it runs apt-get update)")
+    return match.group(1)
+
+
+def depends(package: str) -> list[str]:
+    out = run(["apt-cache", "depends", "--important", f"{package}={candidate(package)}"])
+    return re.findall(r"^\s*\|?Depends: (\S+)$", out, re.M)
+
+
+def resolve_kernel(flavour: str) -> KernelPackages:
+    try:
+        meta = FLAVOURS[flavour]
+    except KeyError:
+        raise BuildError(
+            f"unknown KERNEL={flavour}; choose one of {', '.join(FLAVOURS)}"
+        ) from None
+    image = next((d for d in depends(meta) if d.startswith("linux-image-")), None)
+    if image is None:
+        raise BuildError(f"{meta} names no linux-image package")
+    release = image.removeprefix("linux-image-").removesuffix("-unsigned")
+    headers = f"linux-headers-{release}"
+    deps = depends(headers)
+    common = next(d for d in deps if d.startswith("linux-headers-") and d.endswith("-common"))
+    kbuild = next(d for d in deps if d.startswith("linux-kbuild-"))
+    return KernelPackages(
+        release=release,
+        version=candidate(image),
+        image=image,
+        headers=headers,
+        headers_common=common,
+        kbuild=kbuild,
+    )
+
+
+def download(packages: Iterable[str], version: str, dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    def cached(package: str) -> Path | None:
+        return next(dest.glob(f"{package}_{version}_*.deb"), None)
+
+    wanted = {p: cached(p) for p in packages}
+    missing = [p for p, deb in wanted.items() if deb is None]
+    if missing:
+        # The sandbox user cannot write into the cache; root downloads it.
+        run(
+            ["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root",
+             *(f"{p}={version}" for p in missing)],
+            cwd=dest,
+        )
+    debs = []
+    for p in wanted:
+        deb = cached(p)
+        if deb is None:
+            raise BuildError(f"apt-get download did not produce {p}")
+        debs.append(deb)
+    return debs
+
+
+def unpack_kernel(kernel: KernelPackages, debs: list[Path], cache: Path) -> Path:
+    """Unpack the kernel packages into a private root and fix its paths."""
+    root = cache / "kernels" / kernel.release
+    stamp = root / ".unpacked"
+    if stamp.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for deb in debs:
+        run(["dpkg-deb", "-x", deb, root])
+    # Debian's flavour Makefile includes the common tree by absolute path.
+    flavour_makefile = root / "usr/src" / kernel.headers / "Makefile"
+    text = flavour_makefile.read_text()
+    flavour_makefile.write_text(text.replace("/usr/src/", f"{root}/usr/src/"))
+    # Packages ship no modules.dep: apt's postinst would make it.
+    run(["/usr/sbin/depmod", "-b", root, kernel.release])
+    stamp.touch()
+    return root
+
+
+def build_modules(kernel: KernelPackages, kroot: Path, out: Path) -> list[Path]:
+    """Build every module under guest-driver/ against the flavour's headers."""
+    build = out / "modules-build"
+    shutil.rmtree(build, ignore_errors=True)
+    shutil.copytree(
+        GUEST_DRIVER, build, ignore=shutil.ignore_patterns("*.o", "*.ko", "*.mod*", ".*", "tools")
+    )
+    kdir = kroot / "usr/src" / kernel.headers
+    run(["make", "-C", kdir, f"M={build}", "W=1", "modules", f"-j{os.cpu_count() or 1}"])
+    return sorted(build.rglob("*.ko"))
+
+
+def build_tools(out: Path) -> list[Path]:
+    """Build the guest tools as static binaries."""
+    made = []
+    dest = out / "tools"
+    dest.mkdir(parents=True, exist_ok=True)
+    for source in sorted((GUEST_DRIVER / "tools").glob("*.c")):
+        binary = dest / source.stem
+        run(
+            ["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror",
+             f"-I{GUEST_DRIVER / 'include'}", "-o", binary, source]
+        )
+        made.append(binary)
+    return made
+
+
+def shared_libraries(binary: Path) -> list[Path]:
+    libs = []
+    for line in run(["ldd", binary]).splitlines():
+        match = re.search(r"(/\S+) \(0x", line)
+        if match:
+            libs.append(Path(match.group(1)))
+    return libs
+
+
+def make_ssh_keys(out: Path) -> tuple[str, str]:
+    """Generate the guest host key (dropbear) and the harness client key.
+
+    Returns the client public key line and the host public key line.
+    """
+    ssh = out / "ssh"
+    shutil.rmtree(ssh, ignore_errors=True)
+    ssh.mkdir(parents=True)
+    client = ed25519.Ed25519PrivateKey.generate()
+    private = client.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    key_path = ssh / "client_key"
+    key_path.write_bytes(private)
+    key_path.chmod(0o600)
+    public = client.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode() + " dmagate-harness"
+    (ssh / "client_key.pub").write_text(public + "\n")
+    host_key = ssh / "dropbear_ed25519_host_key"
+    keygen = run(["dropbearkey", "-t", "ed25519", "-f", host_key])
+    host_public = next(line for line in keygen.splitlines() if line.startswith("ssh-ed25519"))
+    (ssh / "host_key.pub").write_text(host_public + "\n")
+    return public, host_public
+
+
+def module_load_order(kroot: Path, release: str, wanted: Sequence[str]) -> list[Path]:
+    """Module files (relative to lib/modules/RELEASE) to load for ``wanted``,
+    dependencies first; built-in ones are left out."""
+    moddir = kroot / "lib/modules" / release
+    builtin = {Path(line).name.split(".")[0] for line in
+               (moddir / "modules.builtin").read_text().split()}
+    deps: dict[str, list[str]] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        module, _, needs = line.partition(":")
+        deps[module] = needs.split()
+    by_name = {Path(m).name.split(".")[0]: m for m in deps}
+    order: list[str] = []
+
+    def visit(module: str) -> None:
+        if module in order:
+            return
+        for dependency in deps[module]:
+            visit(dependency)
+        order.append(module)
+
+    for name in wanted:
+        if name in builtin:
+            continue
+        if name not in by_name:
+            raise BuildError(f"module {name} is neither built into {release} nor shipped")
+        visit(by_name[name])
+    return [moddir / m for m in order]
+
+
+def decompressed_module(path: Path, dest: Path) -> None:
+    """busybox insmod takes plain .ko files only."""
+    tool = {".xz": "xz", ".zst": "zstd"}.get(path.suffix)
+    if tool is None:
+        shutil.copyfile(path, dest)
+        return
+    dest.write_bytes(subprocess.run([tool, "-dc", path], capture_output=True, check=True).stdout)
+
+
+def populate_rootfs(
+    rootfs: Path,
+    *,
+    kroot: Path,
+    kernel: KernelPackages,
+    modules: list[Path],
+    tools: list[Path],
+    out: Path,
+    client_public: str,
+) -> list[str]:
+    """Lay out the initramfs tree; return the module load order for init."""
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/dropbear", "root/.ssh", "proc", "sys",
+              "dev", "tmp", "run", "var/log", "lib/modules", "mnt"):
+        (rootfs / d).mkdir(parents=True, exist_ok=True)
+    busybox = Path("/bin/busybox")
+    shutil.copy2(busybox, rootfs / "bin/busybox")
+    for applet in run([busybox, "--list-full"]).split():
+        link = rootfs / applet
+        if not link.exists() and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath("/bin/busybox", "/" + str(Path(applet).parent)))
+    dropbear = Path("/usr/sbin/dropbear")
+    shutil.copy2(dropbear, rootfs / "usr/sbin/dropbear")
+    for lib in shared_libraries(dropbear):
+        dest = rootfs / lib.relative_to("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(lib.resolve(), dest)
+    shutil.copy2(out / "ssh/dropbear_ed25519_host_key", rootfs / "etc/dropbear/")
+    (rootfs / "root/.ssh/authorized_keys").write_text(client_public + "\n")
+    (rootfs / "root/.ssh").chmod(0o700)
+    (rootfs / "root/.ssh/authorized_keys").chmod(0o600)
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (rootfs / "etc/group").write_text("root:x:0:\n")
+    (rootfs / "etc/shells").write_text("/bin/sh\n")
+    (rootfs / "etc/hostname").write_text("dmagate-guest\n")
+    order = []
+    for path in module_load_order(kroot, kernel.release, GUEST_MODULES):
+        name = path.name.split(".")[0]
+        decompressed_module(path, rootfs / "lib/modules" / f"{name}.ko")
+        order.append(name)
+    (rootfs / "etc/guest-modules").write_text("".join(f"{m}\n" for m in order))
+    for ko in modules:
+        # Debug info stays in build/image-*/modules-build for people and gdb.
+        run(["strip", "--strip-debug", "-o", rootfs / "lib/modules" / ko.name, ko])
+    for tool in tools:
+        shutil.copy2(tool, rootfs / "usr/bin" / tool.name)
+    init = rootfs / "init"
+    shutil.copy2(HERE / "init", init)
+    init.chmod(0o755)
+    return order
+
+
+def write_cpio(rootfs: Path, dest: Path) -> None:
+    """An uncompressed newc archive: the kernel unpacks it fastest under TCG."""
+    names = sorted(str(p.relative_to(rootfs)) for p in rootfs.rglob("*"))
+    with dest.open("wb") as archive:
+        subprocess.run(
+            ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "--reproducible"],
+            input="\n".join(names).encode(),
+            cwd=rootfs,
+            stdout=archive,
+            check=True,
+        )
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+def extract_vmlinux(bzimage: Path, dest: Path) -> bool:
+    """Write the ELF kernel inside a bzImage to ``dest``, stripped of symbols.
+
+    QEMU boots an ELF kernel with a PVH entry note directly in 32-bit mode:
+    no real-mode setup and, above all, no decompression, which under TCG
+    costs two seconds of every boot. Returns False if ``bzimage`` carries no
+    PVH-capable ELF (then boot the bzImage).
+    """
+    data = bzimage.read_bytes()
+    setup_sects = data[0x1F1] or 4
+    start = (setup_sects + 1) * 512
+    offset, length = struct.unpack_from("<II", data, 0x248)
+    payload = data[start + offset : start + offset + length]
+    tool = {ZSTD_MAGIC: "zstd", LZ4_LEGACY_MAGIC: "lz4"}.get(payload[:4])
+    if tool is not None:
+        # Kbuild appends the uncompressed size (4 bytes) after the frame.
+        elf = subprocess.run(
+            [tool, "-dcq"], input=payload[:-4], capture_output=True, check=True
+        ).stdout
+    elif payload.startswith(XZ_MAGIC):
+        elf = lzma.LZMADecompressor().decompress(payload)
+    else:
+        return False
+    if not elf.startswith(b"\x7fELF"):
+        return False
+    dest.write_bytes(elf)
+    run(["strip", "--strip-all", dest])
+    # XEN_ELFNOTE_PHYS32_ENTRY (18): the PVH entry point.
+    notes = run(["readelf", "--notes", dest])
+    pvh_note = r"Xen\s+0x[0-9a-f]+\s+(Unknown note type: \(0x00000012\)|XEN_ELFNOTE_PHYS32_ENTRY)"
+    if not re.search(pvh_note, notes):
+        dest.unlink()
+        return False
+    return True
+
+
+def build(
+    flavour: str, out: Path, cache: Path, qemu_info: Path, driver_only: bool = False
+) -> Manifest | None:
+    """Build the image; with ``driver_only``, stop after modules and tools."""
+    kernel = resolve_kernel(flavour)
+    print(f"image: kernel {flavour} -> {kernel.release} ({kernel.version})", flush=True)
+    debs = download(kernel.names, kernel.version, cache / "downloads" / "debs")
+    kroot = unpack_kernel(kernel, debs, cache)
+    out.mkdir(parents=True, exist_ok=True)
+
+    modules = build_modules(kernel, kroot, out)
+    tools = build_tools(out)
+    if driver_only:
+        return None
+    client_public, host_public = make_ssh_keys(out)
+
+    vmlinuz = out / "vmlinuz"
+    shutil.copyfile(kroot / "boot" / f"vmlinuz-{kernel.release}", vmlinuz)
+    vmlinux = out / "vmlinux"
+    boot_kernel = vmlinux if extract_vmlinux(vmlinuz, vmlinux) else vmlinuz
+    config = kroot / "boot" / f"config-{kernel.release}"
+
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        net_order = populate_rootfs(
+            rootfs,
+            kroot=kroot,
+            kernel=kernel,
+            modules=modules,
+            tools=tools,
+            out=out,
+            client_public=client_public,
+        )
+        write_cpio(rootfs, out / "initramfs.cpio")
+
+    firmware = {"bios": BIOS, "dirs": ":".join(FIRMWARE_DIRS)}
+    firmware["bios_sha256"] = sha256_file(Path(FIRMWARE_DIRS[0]) / BIOS)
+    firmware["qemu-system-data"] = installed_version("qemu-system-data")
+    firmware["seabios"] = installed_version("seabios")
+
+    qemu = {str(k): str(v) for k, v in json.loads(qemu_info.read_text()).items()}
+    packages = [
+        PackageInput(name=deb.name.split("_")[0], version=kernel.version, sha256=sha256_file(deb))
+        for deb in debs
+    ]
+    packages += [PackageInput(name=p, version=installed_version(p)) for p in USERLAND_PACKAGES]
+    files = [
+        FileOutput(path=str(p.relative_to(out)), sha256=sha256_file(p), size=p.stat().st_size)
+        for p in (boot_kernel, out / "initramfs.cpio", *modules, *tools)
+    ]
+    manifest = Manifest(
+        flavour=flavour,
+        kernel_release=kernel.release,
+        kernel_config_sha256=sha256_file(config),
+        packages=tuple(packages),
+        files=tuple(files),
+        qemu=qemu,
+        firmware=firmware,
+        modules=tuple([*net_order, *(m.stem for m in modules)]),
+        built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        extra={
+            "host_key": host_public,
+            "client_key": "ssh/client_key",
+            "boot_kernel": boot_kernel.name,
+        },
+    )
+    (out / "manifest.json").write_text(manifest.to_json())
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flavour", default="6.12", help="kernel flavour: " + ", ".join(FLAVOURS))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--qemu-build-info", type=Path, default=None)
+    parser.add_argument("--driver-only", action="store_true",
+                        help="build the modules and guest tools only")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("DMAGATE_CACHE", Path.home() / ".cache" / "dmagate")),
+    )
+    args = parser.parse_args(argv)
+    if args.qemu_build_info is None and not args.driver_only:
+        parser.error("--qemu-build-info is required unless --driver-only")
+    try:
+        manifest = build(args.flavour, args.out.resolve(), args.cache, args.qemu_build_info,
+                         args.driver_only)
+    except BuildError as err:
+        print(f"image: {err}", file=sys.stderr)
+        return 1
+    if manifest is None:
+        print(f"image: modules and tools for {args.flavour} built in {args.out}")
+        return 0
+    print(f"image: {args.out} ready ({manifest.kernel_release}, modules: "
+          f"{', '.join(manifest.modules)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The splat parser on whole console logs captured from this bench's guests
+(tests/unit/fixtures/console-*.txt, raw serial output, shell prompts and
+all): each deliberate breakage is found once, with a title naming the
+function that broke; clean boots give nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dmagate.splat import find_splats
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def log(name: str) -> str:
+    return (FIXTURES / f"console-{name}.txt").read_text()
+
+
+@pytest.mark.parametrize("flavour", ["6.12", "6.1"])
+def test_clean_boot_has_no_splats(flavour: str) -> None:
+    assert find_splats(log(f"{flavour}-clean-boot")) == []
+
+
+def test_warning_from_test_module() -> None:
+    (splat,) = find_splats(log("6.12-warn"))
+    assert splat.kind == "WARNING"
+    assert splat.title == "WARNING in splat_test_warn"
+    assert "deliberate warning" in splat.report
+    assert "---[ end trace" in splat.report
+
+
+def test_bug_from_test_module() -> None:
+    splats = find_splats(log("6.12-bug"))
+    assert splats, "BUG() not reported"
+    assert splats[0].kind == "BUG"
+    assert "splat_test_bug" in splats[0].title
+    assert "kernel BUG at" in splats[0].report
+
+
+def test_null_dereference_from_test_module() -> None:
+    splats = find_splats(log("6.12-null"))
+    assert splats, "NULL dereference not reported"
+    assert "NULL pointer dereference" in splats[0].title
+    assert "splat_test_null" in splats[0].title
+
+
+def test_panic() -> None:
+    splats = find_splats(log("6.12-panic"))
+    assert [s.kind for s in splats] == ["PANIC"]
+    assert splats[0].title == "kernel panic: sysrq triggered crash"
+
+
+def test_report_line_points_at_header() -> None:
+    text = log("6.12-warn")
+    (splat,) = find_splats(text)
+    assert "WARNING:" in text.splitlines()[splat.line]
+
+
+def test_panic_report_includes_its_stack() -> None:
+    (splat,) = find_splats(log("6.12-panic"))
+    assert "panic+0x" in splat.report
+    assert splat.report.splitlines()[-1].startswith("Kernel Offset:")

@@ -1,0 +1,71 @@
+"""The guest boots on the QEMU built from source and the harness reaches it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from dmagate.vm import VM
+
+STAND_IN_ID = "1234:11e8"  # QEMU's edu device, until the dmagate device lands
+
+
+def test_stand_in_device_on_guest_pci_bus(vm: VM) -> None:
+    out = vm.run(
+        "for d in /sys/bus/pci/devices/*; do echo $(cat $d/vendor):$(cat $d/device); done",
+        check=True,
+    ).stdout
+    ids = {line.replace("0x", "") for line in out.split()}
+    assert STAND_IN_ID in ids, f"no {STAND_IN_ID} among {sorted(ids)}"
+    listing = vm.run("dmagatectl list")
+    assert listing.status == 0
+    assert re.search(r"^0000:\S+ 1234:11e8 driver=dmagate$", listing.stdout, re.M), listing
+
+
+def test_module_reloads_and_binds(vm: VM) -> None:
+    vm.run("rmmod dmagate", check=True)
+    assert vm.run("test -e /sys/module/dmagate").status == 1
+    mark = vm.run("dmesg | wc -l", check=True).stdout.strip()
+    vm.run("insmod /lib/modules/dmagate.ko", check=True)
+    new = vm.run(f"dmesg | tail -n +{int(mark) + 1}", check=True).stdout
+    assert re.search(r"dmagate 0000:\S+: bound, ID register 0x010000ed", new), new
+    assert vm.run("readlink /sys/bus/pci/drivers/dmagate/0000:*").status == 0
+
+
+def test_ssh_status_output_and_upload(vm: VM, tmp_path: Path) -> None:
+    status, out, err = vm.run("echo out; echo err >&2; exit 3")
+    assert (status, out, err) == (3, "out\n", "err\n")
+    payload = secrets.token_bytes(300_000)
+    local = tmp_path / "payload.bin"
+    local.write_bytes(payload)
+    vm.ssh.upload(local, "/tmp/payload.bin")
+    remote = vm.run("sha256sum /tmp/payload.bin", check=True).stdout.split()[0]
+    assert remote == hashlib.sha256(payload).hexdigest()
+
+
+def test_qmp_sees_the_running_guest_and_device(vm: VM) -> None:
+    assert vm.qmp.cmd("query-status")["status"] == "running"
+    devices = [
+        (d["id"]["vendor"], d["id"]["device"])
+        for bus in vm.qmp.cmd("query-pci")
+        for d in bus["devices"]
+    ]
+    assert (0x1234, 0x11E8) in devices
+
+
+def test_console_is_interactive(vm: VM) -> None:
+    token = secrets.token_hex(8)
+    mark = vm.console.mark()
+    vm.console.sendline(f"echo console-$((0x{token[:6]}))")
+    vm.console.wait_for(rf"console-{int(token[:6], 16)}\b", vm.accel.scale(10), start=mark)
+
+
+def test_clean_shutdown(make_vm: Callable[..., VM]) -> None:
+    guest = make_vm()
+    assert guest.run("echo up").stdout == "up\n"
+    assert guest.shutdown() == 0
+    assert not guest.is_running()
+    assert "reboot: Power down" in guest.console.text()
