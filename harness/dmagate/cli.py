@@ -106,6 +106,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 def cmd_ssh(args: argparse.Namespace) -> int:
     paths = BuildPaths.discover()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SystemExit("dmagate ssh: name a command to run in the VM")
     session = _load_session(paths)
     image = paths.image(session.flavour)
     manifest = Manifest.load(image)
@@ -117,7 +120,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     )
     ssh.connect(timeout=30)
     try:
-        status, out, err = ssh.run(shlex.join(args.command), timeout=args.timeout)
+        status, out, err = ssh.run(shlex.join(command), timeout=args.timeout)
     finally:
         ssh.close()
     sys.stdout.write(out)
@@ -199,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("boot", help="boot and attach to the console").set_defaults(func=cmd_boot)
     ssh = sub.add_parser("ssh", help="run a command in the running VM")
     ssh.add_argument("--timeout", type=float, default=300.0)
-    ssh.add_argument("command", nargs="+")
+    ssh.add_argument("command", nargs=argparse.REMAINDER, help="command and its arguments")
     ssh.set_defaults(func=cmd_ssh)
     qmp = sub.add_parser("qmp", help="run a QMP command in the running VM")
     qmp.add_argument("command")

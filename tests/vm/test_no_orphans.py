@@ -29,6 +29,7 @@ def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
                          ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_no_qemu_survives_pytest(
