@@ -13,7 +13,8 @@ BUILD   := build
 QEMU    := $(BUILD)/qemu/qemu-system-x86_64
 IMAGE    = $(BUILD)/image-$(KERNEL)
 
-QEMU_INPUTS   := $(shell find qemu-device -type f -not -name README.md 2>/dev/null)
+QEMU_INPUTS   := $(shell find qemu-device -type f -not -name README.md 2>/dev/null) \
+                 guest-driver/include/dmagate_hw.h
 DRIVER_INPUTS := $(shell find guest-driver -type f -not -name README.md 2>/dev/null)
 IMAGE_INPUTS  := images/build_image.py images/init $(DRIVER_INPUTS)
 
@@ -64,12 +65,16 @@ lint: deps ## ruff and mypy over the Python
 unit-test: deps ## host-only tests (no QEMU)
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
+device-test: qemu ## the device model through qtest (no guest OS)
+	@$(VENV)/bin/pytest tests/device $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/device.xml
+
 vm-test: image ## the VM tests on KERNEL
 	@$(VENV)/bin/pytest tests/vm --kernel $(KERNEL) $(PYTEST_ARGS) \
 		--junitxml=$(BUILD)/test-results/vm-$(KERNEL).xml
 
-test: lint qemu ## everything: lint, unit tests, VM tests on each of TEST_KERNELS
+test: lint qemu ## everything: lint, unit, device and VM tests (each of TEST_KERNELS)
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
+	@$(MAKE) --no-print-directory device-test
 	@set -e; for k in $(TEST_KERNELS); do \
 		$(MAKE) --no-print-directory vm-test KERNEL=$$k; done
 
@@ -82,4 +87,5 @@ clean: ## remove build/ (the download and QEMU caches in ~/.cache/dmagate stay)
 distclean: clean ## also remove .venv and ~/.cache/dmagate
 	rm -rf $(VENV) $${DMAGATE_CACHE:-$$HOME/.cache/dmagate}
 
-.PHONY: help deps qemu driver image demo shell lint unit-test vm-test test bench clean distclean
+.PHONY: help deps qemu driver image demo shell lint unit-test device-test vm-test test bench \
+	clean distclean

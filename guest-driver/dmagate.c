@@ -2,10 +2,9 @@
 /*
  * dmagate: driver for the dmagate DMA test device.
  *
- * This first version binds the device, enables it and checks its ID
- * register through BAR0; the mapping-revocation protocol comes with the
- * dmagate device itself. Until then it binds QEMU's edu device, whose
- * identity dmagate_hw.h carries as a stand-in.
+ * This first version binds the device, enables it and checks its ID and
+ * version registers through BAR0 (docs/device.md); the mapping-revocation
+ * protocol builds on it.
  */
 
 #include <linux/module.h>
@@ -18,7 +17,7 @@
 static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
 	void __iomem *regs;
-	u32 ident;
+	u32 ident, version;
 	int ret;
 
 	ret = pcim_enable_device(pdev);
@@ -31,11 +30,13 @@ static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	regs = pcim_iomap_table(pdev)[0];
 
 	ident = ioread32(regs + DMAGATE_REG_ID);
-	if ((ident & DMAGATE_ID_MAGIC_MASK) != DMAGATE_ID_MAGIC)
+	if (ident != DMAGATE_ID_VALUE)
 		return dev_err_probe(&pdev->dev, -ENODEV,
 				     "unexpected ID register 0x%08x\n", ident);
+	version = ioread32(regs + DMAGATE_REG_VERSION);
 
-	dev_info(&pdev->dev, "bound, ID register 0x%08x\n", ident);
+	dev_info(&pdev->dev, "bound, device version %u.%u\n",
+		 version >> 16, version & 0xffff);
 	return 0;
 }
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from dmagate.cmdline import FAST_BIOS, FIRMWARE_DIRS
 from dmagate.manifest import FileOutput, Manifest, PackageInput
 
 HERE = Path(__file__).resolve().parent
@@ -48,8 +49,6 @@ FLAVOURS: dict[str, str] = {
 # Kernel modules the guest needs from the image package (whatever of them is
 # not built in), loaded with their dependencies before the project's.
 GUEST_MODULES = ("virtio_pci", "virtio_net")
-FIRMWARE_DIRS = ("/usr/share/qemu", "/usr/share/seabios")
-BIOS = "qboot.rom"
 USERLAND_PACKAGES = ("busybox-static", "dropbear-bin", "qemu-system-data", "seabios")
 
 
@@ -422,8 +421,8 @@ def build(
         )
         write_cpio(rootfs, out / "initramfs.cpio")
 
-    firmware = {"bios": BIOS, "dirs": ":".join(FIRMWARE_DIRS)}
-    firmware["bios_sha256"] = sha256_file(Path(FIRMWARE_DIRS[0]) / BIOS)
+    firmware = {"bios": FAST_BIOS, "dirs": ":".join(str(d) for d in FIRMWARE_DIRS)}
+    firmware["bios_sha256"] = sha256_file(FIRMWARE_DIRS[0] / FAST_BIOS)
     firmware["qemu-system-data"] = installed_version("qemu-system-data")
     firmware["seabios"] = installed_version("seabios")
 

@@ -4,8 +4,10 @@
 #   qemu-device/build.sh OUTPUT_BINARY
 #
 # Inputs: qemu.lock (tarball and its sha256), patches/ (applied once to a
-# fresh tree), overlay/ (copied into the tree on every run; files that did
-# not change keep their mtime, so ninja rebuilds only what did).
+# fresh tree), overlay/ and the shared register header
+# guest-driver/include/dmagate_hw.h (copied into the tree on every run;
+# files that did not change keep their mtime, so ninja rebuilds only what
+# did).
 #
 # Cache ($DMAGATE_CACHE, default ~/.cache/dmagate), shared by every clone:
 #   downloads/              the verified tarball
@@ -19,6 +21,7 @@ set -euo pipefail
 die() { echo "qemu: $*" >&2; exit 1; }
 
 here=$(cd "$(dirname "$0")" && pwd)
+shared_header=$here/../guest-driver/include/dmagate_hw.h
 out=${1:?usage: build.sh OUTPUT_BINARY}
 cache=${DMAGATE_CACHE:-$HOME/.cache/dmagate}
 jobs=${JOBS:-$(nproc)}
@@ -45,6 +48,7 @@ tree_key=$({
 bin_key=$({
 	echo "$tree_key"
 	(cd "$here/overlay" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+	sha256sum <"$shared_header"
 } | hash_of)
 
 tree=$cache/qemu/tree-$tree_key
@@ -98,10 +102,14 @@ if [ ! -f "$tree/.configured" ]; then
 fi
 
 # The overlay goes in before configure (it carries the device config file).
+copy_if_changed() {
+	mkdir -p "$(dirname "$2")"
+	cmp -s "$1" "$2" || cp "$1" "$2"
+}
 (cd "$here/overlay" && find . -type f) | while read -r f; do
-	mkdir -p "$tree/src/$(dirname "$f")"
-	cmp -s "$here/overlay/$f" "$tree/src/$f" || cp "$here/overlay/$f" "$tree/src/$f"
+	copy_if_changed "$here/overlay/$f" "$tree/src/$f"
 done
+copy_if_changed "$shared_header" "$tree/src/hw/dmagate/dmagate_hw.h"
 
 if [ ! -f "$tree/.configured" ]; then
 	mkdir -p "$tree/build"

@@ -23,6 +23,9 @@ BASE_KERNEL_ARGS = (
     "random.trust_cpu=on",
 )
 GUEST_SSH_PORT = 22
+# Debian's qemu-system-data and seabios: the +ds QEMU source ships no firmware.
+FIRMWARE_DIRS = (Path("/usr/share/qemu"), Path("/usr/share/seabios"))
+FAST_BIOS = "qboot.rom"
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ class GuestSpec:
     cpus: int = 2
     memory_mib: int = 512
     kernel_args: tuple[str, ...] = ()
-    # -device arguments, e.g. ("edu",) or ("pcie-root-port,id=rp0", "edu,bus=rp0")
-    devices: tuple[str, ...] = ("edu",)
+    # -device arguments, e.g. ("dmagate",) or ("pcie-root-port,id=rp0", "dmagate,bus=rp0")
+    devices: tuple[str, ...] = ("dmagate",)
     extra_args: tuple[str, ...] = field(default=())
 
 

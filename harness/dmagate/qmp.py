@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -84,5 +85,7 @@ class QMP:
 
     def close(self) -> None:
         if self._monitor is not None:
-            self._monitor.close()
+            # After "quit" QEMU is gone: the reader's EOF is no error.
+            with contextlib.suppress(EOFError, OSError, ConnectError):
+                self._monitor.close()
             self._monitor = None

@@ -13,12 +13,9 @@ exceptions and when garbage-collected or at interpreter exit.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import re
 import shlex
 import shutil
-import signal
 import tempfile
 import time
 import weakref
@@ -35,12 +32,12 @@ from dmagate.cmdline import GuestSpec, build_command, ssh_forward_port
 from dmagate.console import Console
 from dmagate.manifest import Manifest
 from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
+from dmagate.process import die_with_parent, kill_group
 from dmagate.qmp import QMP
 from dmagate.ssh import SSH, CommandResult
 from dmagate.transcript import Transcript
 
 READY_LINE = re.compile(r"dmagate-init: ready")
-_PR_SET_PDEATHSIG = 1
 
 # Base timeouts in seconds for a KVM guest; Accelerator.scale stretches them.
 BOOT_TIMEOUT = 15.0
@@ -58,7 +55,7 @@ class VMOptions:
     accel: str = "auto"
     cpus: int = 2
     memory_mib: int = 512
-    devices: tuple[str, ...] = ("edu",)
+    devices: tuple[str, ...] = ("dmagate",)
     kernel_args: tuple[str, ...] = ()
     extra_qemu_args: tuple[str, ...] = ()
     name: str = "vm"
@@ -75,19 +72,6 @@ class Timing:
     init_ready: float = 0.0
     ssh_ready: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Runs in the forked child before exec: SIGKILL when the parent dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 class VM:
@@ -149,19 +133,18 @@ class VM:
         """Start QEMU, attach console and QMP; with ``wait``, also SSH."""
         (self.workdir / "qemu-cmdline.txt").write_text(shlex.join(self.argv) + "\n")
         self._started = time.monotonic()
-        parent = os.getpid()
         try:
             self._child = pexpect.spawn(
                 self.argv[0],
                 self.argv[1:],
                 echo=False,
-                preexec_fn=lambda: _die_with_parent(parent),
+                preexec_fn=die_with_parent(),
                 dimensions=(50, 200),
             )
         except pexpect.ExceptionPexpect as err:
             raise VMError(f"cannot start {self.argv[0]}: {err}") from err
         pid = self._child.pid
-        self._finalizer = weakref.finalize(self, _kill_group, pid)
+        self._finalizer = weakref.finalize(self, kill_group, pid)
         self._console = Console(self._child, self.workdir / "console.log", self._started)
         self.qmp_log = Transcript(self.workdir / "qmp.log", self._started)
         self.ssh_log = Transcript(self.workdir / "ssh.log", self._started)
@@ -252,7 +235,7 @@ class VM:
         """SIGKILL QEMU's whole process group and reap it."""
         self.stopped = True
         if self._child is not None:
-            _kill_group(self._child.pid)
+            kill_group(self._child.pid)
             with contextlib.suppress(Exception):
                 self._child.close(force=True)
         if self._finalizer is not None:

@@ -50,11 +50,11 @@ def test_accelerator_picks_cpu_model() -> None:
 
 def test_devices_kernel_args_and_qmp_sockets() -> None:
     argv = build_command(
-        spec(devices=("pcie-root-port,id=rp0", "edu,bus=rp0"), kernel_args=("dmagate.noload",)),
+        spec(devices=("pcie-root-port,id=rp0", "dmagate,bus=rp0"), kernel_args=("dmagate.noload",)),
         Path("/run/qmp.sock"),
         Path("/run/user-qmp.sock"),
     )
-    assert option(argv, "-device")[-2:] == ["pcie-root-port,id=rp0", "edu,bus=rp0"]
+    assert option(argv, "-device")[-2:] == ["pcie-root-port,id=rp0", "dmagate,bus=rp0"]
     assert option(argv, "-append")[0].endswith(" dmagate.noload")
     assert option(argv, "-qmp") == [
         "unix:/run/qmp.sock,server=on,wait=off",

@@ -10,19 +10,19 @@ from pathlib import Path
 
 from dmagate.vm import VM
 
-STAND_IN_ID = "1234:11e8"  # QEMU's edu device, until the dmagate device lands
+DMAGATE_ID = "1234:d6a7"
 
 
-def test_stand_in_device_on_guest_pci_bus(vm: VM) -> None:
+def test_dmagate_device_on_guest_pci_bus(vm: VM) -> None:
     out = vm.run(
         "for d in /sys/bus/pci/devices/*; do echo $(cat $d/vendor):$(cat $d/device); done",
         check=True,
     ).stdout
     ids = {line.replace("0x", "") for line in out.split()}
-    assert STAND_IN_ID in ids, f"no {STAND_IN_ID} among {sorted(ids)}"
+    assert DMAGATE_ID in ids, f"no {DMAGATE_ID} among {sorted(ids)}"
     listing = vm.run("dmagatectl list")
     assert listing.status == 0
-    assert re.search(r"^0000:\S+ 1234:11e8 driver=dmagate$", listing.stdout, re.M), listing
+    assert re.search(r"^0000:\S+ 1234:d6a7 driver=dmagate$", listing.stdout, re.M), listing
 
 
 def test_module_reloads_and_binds(vm: VM) -> None:
@@ -31,7 +31,7 @@ def test_module_reloads_and_binds(vm: VM) -> None:
     mark = vm.run("dmesg | wc -l", check=True).stdout.strip()
     vm.run("insmod /lib/modules/dmagate.ko", check=True)
     new = vm.run(f"dmesg | tail -n +{int(mark) + 1}", check=True).stdout
-    assert re.search(r"dmagate 0000:\S+: bound, ID register 0x010000ed", new), new
+    assert re.search(r"dmagate 0000:\S+: bound, device version 1\.0$", new, re.M), new
     assert vm.run("readlink /sys/bus/pci/drivers/dmagate/0000:*").status == 0
 
 
@@ -53,7 +53,7 @@ def test_qmp_sees_the_running_guest_and_device(vm: VM) -> None:
         for bus in vm.qmp.cmd("query-pci")
         for d in bus["devices"]
     ]
-    assert (0x1234, 0x11E8) in devices
+    assert (0x1234, 0xD6A7) in devices
 
 
 def test_console_is_interactive(vm: VM) -> None:

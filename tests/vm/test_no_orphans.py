@@ -36,20 +36,21 @@ def test_no_qemu_survives_pytest(
     how: signal.Signals, dmagate_bench: Bench, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "qemu.pid"
+    output = tmp_path / "child-pytest.log"
     env = dict(os.environ, DMAGATE_HOLDER_PIDFILE=str(pidfile))
     child = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HOLDER),
          "--kernel", dmagate_bench.flavour, "--accel", dmagate_bench.accelerator.name],
         cwd=dmagate_bench.paths.root,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=output.open("w"),  # a file: a pipe nobody reads could block the child
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
         deadline = time.monotonic() + dmagate_bench.accelerator.scale(30)
         while not pidfile.exists() or not pidfile.read_text().endswith("\n"):
-            assert child.poll() is None, child.communicate()[0].decode()
+            assert child.poll() is None, output.read_text()
             assert time.monotonic() < deadline, "the child pytest never booted its VM"
             time.sleep(0.1)
         qemu = int(pidfile.read_text())
@@ -57,7 +58,10 @@ def test_no_qemu_survives_pytest(
         assert "qemu-system-x86_64" in _cmdline(qemu)
 
         os.kill(child.pid, how)  # pytest itself, not its process group
-        child.wait(timeout=60)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the child pytest did not end after {how.name}:\n{output.read_text()}")
         deadline = time.monotonic() + 10
         while _alive(qemu) and time.monotonic() < deadline:
             time.sleep(0.05)

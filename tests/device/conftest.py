@@ -1,0 +1,62 @@
+"""Device tests: QEMU built from source, the dmagate device, qtest, no guest."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dmagate.devdriver import Dmagate
+from dmagate.paths import BuildPaths
+from dmagate.qtest import QTestMachine
+
+SLOT = 4
+SQ, CQ, SG, MSG = 0x100000, 0x110000, 0x120000, 0x140000
+DATA = 0x1000000
+RING = 64
+
+
+@pytest.fixture
+def make_machine(tmp_path: Path) -> Iterator[Callable[..., QTestMachine]]:
+    machines: list[QTestMachine] = []
+    paths = BuildPaths.discover()
+    if not paths.qemu.exists():
+        pytest.fail(f"no QEMU at {paths.qemu}: run `make qemu`")
+
+    def make(device: str = "", extra: tuple[str, ...] = (), memory_mib: int = 512) -> QTestMachine:
+        options = f",{device}" if device else ""
+        machine = QTestMachine(
+            paths.qemu,
+            ["-d", "guest_errors", "-device", f"dmagate,id=dg,addr={SLOT}{options}", *extra],
+            tmp_path / f"qemu{len(machines)}",
+            memory_mib=memory_mib,
+        )
+        machines.append(machine)
+        return machine
+
+    yield make
+    for machine in machines:
+        machine.close()
+
+
+@pytest.fixture
+def machine(make_machine: Callable[..., QTestMachine]) -> QTestMachine:
+    return make_machine()
+
+
+@pytest.fixture
+def dev(machine: QTestMachine) -> Dmagate:
+    """The device with rings set up and enabled, default (timed) mode."""
+    device = Dmagate(machine, SLOT)
+    device.setup(SQ, RING, CQ, RING, SG)
+    return device
+
+
+def qom_path() -> str:
+    return "/machine/peripheral/dg"
+
+
+def guest_errors(machine: QTestMachine) -> list[str]:
+    return re.findall(r"dmagate: .*", machine.stderr())
