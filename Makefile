@@ -78,8 +78,9 @@ test: lint qemu ## everything: lint, unit, device and VM tests (each of TEST_KER
 	@set -e; for k in $(TEST_KERNELS); do \
 		$(MAKE) --no-print-directory vm-test KERNEL=$$k; done
 
-bench: image ## boot-time benchmark (median of 5 boots) -> build/bench/
+bench: image ## benchmarks: boot to SSH (5 boots), device DMA throughput -> build/bench/
 	@$(DMAGATE) --kernel $(KERNEL) bench-boot -n 5 --out $(BUILD)/bench/boot-$(KERNEL).json
+	@$(DMAGATE) bench-device -n 5 --out $(BUILD)/bench/device-fill.json
 
 clean: ## remove build/ (the download and QEMU caches in ~/.cache/dmagate stay)
 	rm -rf $(BUILD)

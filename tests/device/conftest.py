@@ -13,6 +13,7 @@ from dmagate.paths import BuildPaths
 from dmagate.qtest import QTestMachine
 
 SLOT = 4
+PORT_SLOT = 5  # a pcie-root-port, for hot-plug; the device is then on bus 1
 SQ, CQ, SG, MSG = 0x100000, 0x110000, 0x120000, 0x140000
 DATA = 0x1000000
 RING = 64
@@ -25,11 +26,19 @@ def make_machine(tmp_path: Path) -> Iterator[Callable[..., QTestMachine]]:
     if not paths.qemu.exists():
         pytest.fail(f"no QEMU at {paths.qemu}: run `make qemu`")
 
-    def make(device: str = "", extra: tuple[str, ...] = (), memory_mib: int = 512) -> QTestMachine:
+    def make(device: str = "", extra: tuple[str, ...] = (), memory_mib: int = 512,
+             behind_root_port: bool = False) -> QTestMachine:
         options = f",{device}" if device else ""
+        placement = (
+            # Native PCIe hot-plug on the port (q35 would otherwise use ACPI's).
+            ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+             "-device", f"pcie-root-port,id=rp0,chassis=1,addr={PORT_SLOT}",
+             "-device", f"dmagate,id=dg,bus=rp0{options}"]
+            if behind_root_port else ["-device", f"dmagate,id=dg,addr={SLOT}{options}"]
+        )
         machine = QTestMachine(
             paths.qemu,
-            ["-d", "guest_errors", "-device", f"dmagate,id=dg,addr={SLOT}{options}", *extra],
+            ["-d", "guest_errors", *placement, *extra],
             tmp_path / f"qemu{len(machines)}",
             memory_mib=memory_mib,
         )

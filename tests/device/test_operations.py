@@ -4,10 +4,8 @@ reference (dmagate.reference), across sizes, SG layouts and ring wrap."""
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 
 from dmagate import reference as ref
@@ -39,28 +37,15 @@ def test_fill_sizes(dev: Dmagate, size: int) -> None:
     assert done.crc == ref.crc32(data[:size])
 
 
-def test_fill_64mib_zero_delay_with_throughput(
-    make_machine: Callable[..., QTestMachine], record_property: Callable[[str, object], None]
-) -> None:
+def test_fill_64mib_zero_delay(make_machine: Callable[..., QTestMachine]) -> None:
     size = 64 * MiB
     dev = fast_dev(make_machine, memory_mib=512)
-    started = time.perf_counter()
     dev.submit(FILL, [(DATA, size)], param=99)
     (done,) = dev.wait()
-    device_s = time.perf_counter() - started
     data = dev.qt.memread(DATA, size)
     assert done.status == HW["ST_OK"] and done.bytes_done == size
     assert data == ref.fill_pattern(99, 0, size)
     assert done.crc == ref.crc32(data)
-    source = np.frombuffer(data, dtype=np.uint8)
-    started = time.perf_counter()
-    np.copy(source)
-    memcpy_s = time.perf_counter() - started
-    record_property("fill_64mib_MBps", round(size / device_s / 1e6))
-    record_property("host_memcpy_64mib_MBps", round(size / memcpy_s / 1e6))
-    print(f"\nFILL 64 MiB zero-delay: {size / device_s / 1e6:.0f} MB/s "
-          f"(doorbell to completion seen over qtest); host memcpy 64 MiB: "
-          f"{size / memcpy_s / 1e6:.0f} MB/s")
 
 
 def test_fragmented_sg_256_segments(make_machine: Callable[..., QTestMachine]) -> None:

@@ -1125,13 +1125,23 @@ static void dmagate_instance_init(Object *obj)
     s->bandwidth_mbps = 1000;
 }
 
+/* The stream is as untrusted as the guest: check what indexes memory. */
 static int dmagate_post_load(void *opaque, int version_id)
 {
     DmagateState *s = opaque;
 
-    if (s->sg_pos > DMAGATE_MAX_SEGMENTS || s->sg_count > DMAGATE_MAX_SEGMENTS ||
-        (s->sq_size && s->sq_head >= s->sq_size) ||
-        (s->cq_size && s->cq_tail >= s->cq_size)) {
+    if ((s->sq_size && (s->sq_head >= s->sq_size ||
+                        s->sq_tail >= s->sq_size)) ||
+        (s->cq_size && (s->cq_head >= s->cq_size ||
+                        s->cq_tail >= s->cq_size))) {
+        return -EINVAL;
+    }
+    if (s->active &&
+        (s->sg_count > DMAGATE_MAX_SEGMENTS || s->limit > s->length ||
+         s->done > s->limit || s->sg_pos > s->sg_count ||
+         (s->done < s->limit &&
+          (s->sg_pos == s->sg_count ||
+           s->sg_off >= s->sg_len[s->sg_pos])))) {
         return -EINVAL;
     }
     qemu_bh_schedule(s->bh);
