@@ -1,0 +1,40 @@
+"""The device behind a PCIe root port: hot-plugged with device_add, bound by
+the driver, hot-unplugged with device_del with the guest's cooperation."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from dmagate.vm import VM
+
+
+def wait_for(vm: VM, command: str, pattern: str, timeout: float) -> str:
+    deadline = time.monotonic() + vm.accel.scale(timeout)
+    while True:
+        out = vm.run(command).stdout
+        if re.search(pattern, out, re.M):
+            return out
+        assert time.monotonic() < deadline, f"{command!r} never showed {pattern!r}:\n{out}"
+        time.sleep(0.2)
+
+
+def test_hot_plug_and_unplug_behind_root_port(make_vm: Callable[..., VM]) -> None:
+    guest = make_vm(devices=("pcie-root-port,id=rp0,chassis=1,slot=1",))
+    assert guest.run("dmagatectl list").status == 1, "no device before device_add"
+
+    guest.qmp.cmd("device_add", driver="dmagate", id="hp0", bus="rp0")
+    listing = wait_for(guest, "dmagatectl list", r"^0000:01:00\.0 1234:d6a7 driver=dmagate$", 10)
+    assert listing.count("\n") == 1
+    assert re.search(r"dmagate 0000:01:00\.0: bound, device version 1\.0",
+                     guest.run("dmesg").stdout)
+
+    guest.qmp.cmd("device_del", id="hp0")
+    deadline = time.monotonic() + guest.accel.scale(15)
+    while not any(e["event"] == "DEVICE_DELETED" and e["data"].get("device") == "hp0"
+                  for e in guest.qmp.events()):
+        assert time.monotonic() < deadline, "the guest never released the device"
+        time.sleep(0.2)
+    assert guest.run("dmagatectl list").status == 1
+    assert guest.run("ls /sys/bus/pci/drivers/dmagate/ | grep -c 0000:").stdout.strip() == "0"
