@@ -2,8 +2,10 @@
 # Every target builds only what is stale; `make help` lists them.
 
 KERNEL ?= 6.12
-# Kernel flavours `make test` runs the VM suite on.
-TEST_KERNELS ?= 6.12 6.1
+# Kernel flavours `make test` runs the VM suite on: Debian's 6.12 and 6.1
+# cloud kernels, and 6.12 built with KASAN, lockdep, DMA-API debug,
+# kmemleak and fault injection (debug: ~15 min to build cold, then cached).
+TEST_KERNELS ?= 6.12 6.1 debug
 PYTEST_ARGS ?=
 
 VENV    := .venv
@@ -16,14 +18,15 @@ IMAGE    = $(BUILD)/image-$(KERNEL)
 QEMU_INPUTS   := $(shell find qemu-device -type f -not -name README.md 2>/dev/null) \
                  guest-driver/include/dmagate_hw.h
 DRIVER_INPUTS := $(shell find guest-driver -type f -not -name README.md 2>/dev/null)
-IMAGE_INPUTS  := images/build_image.py images/init $(DRIVER_INPUTS)
+IMAGE_INPUTS  := $(wildcard images/*.py) images/init images/kernel-debug.config \
+                 $(DRIVER_INPUTS)
 
 .DEFAULT_GOAL := help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
-	@echo "  variables: KERNEL=$(KERNEL) (6.12 or 6.1), TEST_KERNELS=\"$(TEST_KERNELS)\""
+	@echo "  variables: KERNEL=$(KERNEL) (6.12, 6.1 or debug), TEST_KERNELS=\"$(TEST_KERNELS)\""
 
 deps: ## Debian packages and the project venv (.venv)
 	@bash scripts/deps.sh

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import lzma
 import os
@@ -26,12 +25,14 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildutil import BuildError, candidate, depends, download, installed_version, run, sha256_file
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from debug_kernel import DEBUG_FLAVOUR, debug_kernel
 
 from dmagate.cmdline import FAST_BIOS, FIRMWARE_DIRS
 from dmagate.manifest import FileOutput, Manifest, PackageInput
@@ -52,34 +53,6 @@ GUEST_MODULES = ("virtio_pci", "virtio_net")
 USERLAND_PACKAGES = ("busybox-static", "dropbear-bin", "qemu-system-data", "seabios")
 
 
-class BuildError(RuntimeError):
-    pass
-
-
-def run(cmd: Sequence[str | Path], cwd: Path | None = None) -> str:
-    proc = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise BuildError(
-            f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
-            f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-        )
-    return proc.stdout
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def installed_version(package: str) -> str:
-    return run(["dpkg-query", "-W", "-f=${Version}", package]).strip()
-
-
 @dataclass(frozen=True)
 class KernelPackages:
     """The binary packages of one kernel ABI, with their candidate versions."""
@@ -96,17 +69,18 @@ class KernelPackages:
         return (self.image, self.headers, self.headers_common, self.kbuild)
 
 
-def candidate(package: str) -> str:
-    out = run(["apt-cache", "policy", package])
-    match = re.search(r"Candidate: (\S+)", out)
-    if not match or match.group(1) == "(none)":
-        raise BuildError(f"no candidate for {package}: run `make deps` (it runs apt-get update)")
-    return match.group(1)
+@dataclass(frozen=True)
+class KernelInputs:
+    """A kernel ready to boot and to build modules against, whatever its origin."""
 
-
-def depends(package: str) -> list[str]:
-    out = run(["apt-cache", "depends", "--important", f"{package}={candidate(package)}"])
-    return re.findall(r"^\s*\|?Depends: (\S+)$", out, re.M)
+    flavour: str
+    release: str
+    kdir: Path  # where `make M=...` builds out-of-tree modules
+    modules_root: Path  # holds lib/modules/RELEASE (with modules.dep)
+    bzimage: Path | None  # a bzImage to unpack for PVH boot, or
+    elf: Path | None  # the ELF kernel itself
+    config: Path
+    packages: tuple[PackageInput, ...]
 
 
 def resolve_kernel(flavour: str) -> KernelPackages:
@@ -114,7 +88,7 @@ def resolve_kernel(flavour: str) -> KernelPackages:
         meta = FLAVOURS[flavour]
     except KeyError:
         raise BuildError(
-            f"unknown KERNEL={flavour}; choose one of {', '.join(FLAVOURS)}"
+            f"unknown KERNEL={flavour}; choose one of {', '.join([*FLAVOURS, DEBUG_FLAVOUR])}"
         ) from None
     image = next((d for d in depends(meta) if d.startswith("linux-image-")), None)
     if image is None:
@@ -132,29 +106,6 @@ def resolve_kernel(flavour: str) -> KernelPackages:
         headers_common=common,
         kbuild=kbuild,
     )
-
-
-def download(packages: Iterable[str], version: str, dest: Path) -> list[Path]:
-    dest.mkdir(parents=True, exist_ok=True)
-    def cached(package: str) -> Path | None:
-        return next(dest.glob(f"{package}_{version}_*.deb"), None)
-
-    wanted = {p: cached(p) for p in packages}
-    missing = [p for p, deb in wanted.items() if deb is None]
-    if missing:
-        # The sandbox user cannot write into the cache; root downloads it.
-        run(
-            ["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root",
-             *(f"{p}={version}" for p in missing)],
-            cwd=dest,
-        )
-    debs = []
-    for p in wanted:
-        deb = cached(p)
-        if deb is None:
-            raise BuildError(f"apt-get download did not produce {p}")
-        debs.append(deb)
-    return debs
 
 
 def unpack_kernel(kernel: KernelPackages, debs: list[Path], cache: Path) -> Path:
@@ -177,14 +128,13 @@ def unpack_kernel(kernel: KernelPackages, debs: list[Path], cache: Path) -> Path
     return root
 
 
-def build_modules(kernel: KernelPackages, kroot: Path, out: Path) -> list[Path]:
+def build_modules(kdir: Path, out: Path) -> list[Path]:
     """Build every module under guest-driver/ against the flavour's headers."""
     build = out / "modules-build"
     shutil.rmtree(build, ignore_errors=True)
     shutil.copytree(
         GUEST_DRIVER, build, ignore=shutil.ignore_patterns("*.o", "*.ko", "*.mod*", ".*", "tools")
     )
-    kdir = kroot / "usr/src" / kernel.headers
     run(["make", "-C", kdir, f"M={build}", "W=1", "modules", f"-j{os.cpu_count() or 1}"])
     return sorted(build.rglob("*.ko"))
 
@@ -282,8 +232,7 @@ def decompressed_module(path: Path, dest: Path) -> None:
 def populate_rootfs(
     rootfs: Path,
     *,
-    kroot: Path,
-    kernel: KernelPackages,
+    kernel: KernelInputs,
     modules: list[Path],
     tools: list[Path],
     out: Path,
@@ -316,7 +265,7 @@ def populate_rootfs(
     (rootfs / "etc/shells").write_text("/bin/sh\n")
     (rootfs / "etc/hostname").write_text("dmagate-guest\n")
     order = []
-    for path in module_load_order(kroot, kernel.release, GUEST_MODULES):
+    for path in module_load_order(kernel.modules_root, kernel.release, GUEST_MODULES):
         name = path.name.split(".")[0]
         decompressed_module(path, rootfs / "lib/modules" / f"{name}.ko")
         order.append(name)
@@ -386,33 +335,60 @@ def extract_vmlinux(bzimage: Path, dest: Path) -> bool:
     return True
 
 
-def build(
-    flavour: str, out: Path, cache: Path, qemu_info: Path, driver_only: bool = False
-) -> Manifest | None:
-    """Build the image; with ``driver_only``, stop after modules and tools."""
+def debian_kernel(flavour: str, cache: Path) -> KernelInputs:
+    """A Debian cloud kernel: packages downloaded and unpacked, never installed."""
     kernel = resolve_kernel(flavour)
     print(f"image: kernel {flavour} -> {kernel.release} ({kernel.version})", flush=True)
     debs = download(kernel.names, kernel.version, cache / "downloads" / "debs")
     kroot = unpack_kernel(kernel, debs, cache)
+    return KernelInputs(
+        flavour=flavour,
+        release=kernel.release,
+        kdir=kroot / "usr/src" / kernel.headers,
+        modules_root=kroot,
+        bzimage=kroot / "boot" / f"vmlinuz-{kernel.release}",
+        elf=None,
+        config=kroot / "boot" / f"config-{kernel.release}",
+        packages=tuple(
+            PackageInput(name=deb.name.split("_")[0], version=kernel.version,
+                         sha256=sha256_file(deb))
+            for deb in debs
+        ),
+    )
+
+
+def boot_kernel(kernel: KernelInputs, out: Path) -> Path:
+    """The file QEMU boots: a PVH ELF where there is one (fast under TCG)."""
+    vmlinux = out / "vmlinux"
+    if kernel.elf is not None:
+        run(["strip", "--strip-all", "-o", vmlinux, kernel.elf])
+        return vmlinux
+    assert kernel.bzimage is not None
+    vmlinuz = out / "vmlinuz"
+    shutil.copyfile(kernel.bzimage, vmlinuz)
+    return vmlinux if extract_vmlinux(vmlinuz, vmlinux) else vmlinuz
+
+
+def build(
+    flavour: str, out: Path, cache: Path, qemu_info: Path | None, driver_only: bool = False
+) -> Manifest | None:
+    """Build the image; with ``driver_only``, stop after modules and tools."""
+    kernel = debug_kernel(cache) if flavour == DEBUG_FLAVOUR else debian_kernel(flavour, cache)
     out.mkdir(parents=True, exist_ok=True)
 
-    modules = build_modules(kernel, kroot, out)
+    modules = build_modules(kernel.kdir, out)
     tools = build_tools(out)
     if driver_only:
         return None
+    assert qemu_info is not None
     client_public, host_public = make_ssh_keys(out)
 
-    vmlinuz = out / "vmlinuz"
-    shutil.copyfile(kroot / "boot" / f"vmlinuz-{kernel.release}", vmlinuz)
-    vmlinux = out / "vmlinux"
-    boot_kernel = vmlinux if extract_vmlinux(vmlinuz, vmlinux) else vmlinuz
-    config = kroot / "boot" / f"config-{kernel.release}"
+    boot_file = boot_kernel(kernel, out)
 
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         rootfs = Path(tmp) / "rootfs"
         net_order = populate_rootfs(
             rootfs,
-            kroot=kroot,
             kernel=kernel,
             modules=modules,
             tools=tools,
@@ -427,19 +403,16 @@ def build(
     firmware["seabios"] = installed_version("seabios")
 
     qemu = {str(k): str(v) for k, v in json.loads(qemu_info.read_text()).items()}
-    packages = [
-        PackageInput(name=deb.name.split("_")[0], version=kernel.version, sha256=sha256_file(deb))
-        for deb in debs
-    ]
+    packages = list(kernel.packages)
     packages += [PackageInput(name=p, version=installed_version(p)) for p in USERLAND_PACKAGES]
     files = [
         FileOutput(path=str(p.relative_to(out)), sha256=sha256_file(p), size=p.stat().st_size)
-        for p in (boot_kernel, out / "initramfs.cpio", *modules, *tools)
+        for p in (boot_file, out / "initramfs.cpio", *modules, *tools)
     ]
     manifest = Manifest(
         flavour=flavour,
         kernel_release=kernel.release,
-        kernel_config_sha256=sha256_file(config),
+        kernel_config_sha256=sha256_file(kernel.config),
         packages=tuple(packages),
         files=tuple(files),
         qemu=qemu,
@@ -449,7 +422,7 @@ def build(
         extra={
             "host_key": host_public,
             "client_key": "ssh/client_key",
-            "boot_kernel": boot_kernel.name,
+            "boot_kernel": boot_file.name,
         },
     )
     (out / "manifest.json").write_text(manifest.to_json())
@@ -458,7 +431,8 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flavour", default="6.12", help="kernel flavour: " + ", ".join(FLAVOURS))
+    parser.add_argument("--flavour", default="6.12",
+                        help="kernel flavour: " + ", ".join([*FLAVOURS, DEBUG_FLAVOUR]))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--qemu-build-info", type=Path, default=None)
     parser.add_argument("--driver-only", action="store_true",

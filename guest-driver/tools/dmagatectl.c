@@ -77,7 +77,7 @@ static int cmd_list(void)
 	return found ? 0 : 1;
 }
 
-static void usage(FILE *out)
+static void print_help(FILE *out)
 {
 	fprintf(out, "usage: dmagatectl list\n");
 }
@@ -87,9 +87,9 @@ int main(int argc, char **argv)
 	if (argc == 2 && !strcmp(argv[1], "list"))
 		return cmd_list();
 	if (argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-		usage(stdout);
+		print_help(stdout);
 		return 0;
 	}
-	usage(stderr);
+	print_help(stderr);
 	return 2;
 }

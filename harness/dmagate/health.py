@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dmagate import kmemleak
 from dmagate import taint as taint_flags
 from dmagate.splat import Splat, format_splats
-from dmagate.vm import VM
+from dmagate.vm import DEBUG_FLAVOUR, VM
+
+# Leaks count when their backtrace passes through one of the project's modules.
+PROJECT_MODULE_PREFIX = "dmagate"
 
 
 @dataclass
@@ -63,6 +67,19 @@ class HealthWatch:
             return report
         try:
             report.new_taint = self.vm.new_taint(self.taint)
-        except Exception as err:
-            report.problem = f"cannot read the taint over SSH: {err}"
+            report.splats += self._leaks()
+        except Exception as err:  # any failure to ask is a finding
+            report.problem = f"cannot ask the guest over SSH: {err}"
         return report
+
+    def _leaks(self) -> list[Splat]:
+        """kmemleak's reports that involve the project's modules (debug kernel)."""
+        if self.vm.manifest.flavour != DEBUG_FLAVOUR:
+            return []
+        found = [
+            Splat("KMEMLEAK", leak.title, -1, leak.report)
+            for leak in kmemleak.scan(self.vm)
+            if any(m.startswith(PROJECT_MODULE_PREFIX) for m in leak.modules)
+        ]
+        kmemleak.clear(self.vm)  # reported once, here
+        return found

@@ -30,7 +30,7 @@ import pytest
 from dmagate.accel import Accelerator, resolve_accelerator
 from dmagate.health import HealthReport, HealthWatch
 from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
-from dmagate.vm import VM, VMOptions
+from dmagate.vm import DEBUG_FLAVOUR, VM, VMOptions, kernel_timeout_factor
 
 VM_FIXTURES = frozenset({"vm", "fresh_vm", "make_vm"})
 CONSOLE_TAIL_LINES = 30
@@ -47,6 +47,10 @@ class Bench:
     paths: BuildPaths
     flavour: str
     accelerator: Accelerator
+
+    def scale(self, seconds: float) -> float:
+        """A timeout written for KVM and a stock kernel, stretched for this bench."""
+        return self.accelerator.scale(seconds) * kernel_timeout_factor(self.flavour)
 
     def options(self, **overrides: Any) -> VMOptions:
         return replace(VMOptions(flavour=self.flavour), **overrides)
@@ -75,7 +79,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--kernel",
         default=os.environ.get("KERNEL", DEFAULT_FLAVOUR),
-        help="guest kernel flavour (KERNEL): 6.12 or 6.1",
+        help="guest kernel flavour (KERNEL): 6.12, 6.1 or debug",
     )
     group.addoption(
         "--accel",
@@ -88,12 +92,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "expect_splat(title_regex): the test provokes a kernel splat on purpose"
     )
+    config.addinivalue_line(
+        "markers", "debug_kernel: needs the debug kernel's checkers; not collected on others"
+    )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if VM_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.vm)
+    if config.getoption("kernel") != DEBUG_FLAVOUR:
+        # Not a skip: on a kernel without the checkers these tests mean nothing.
+        unfit = [item for item in items if item.get_closest_marker("debug_kernel")]
+        if unfit:
+            config.hook.pytest_deselected(items=unfit)
+            items[:] = [item for item in items if item not in unfit]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -38,11 +38,17 @@ from dmagate.ssh import SSH, CommandResult
 from dmagate.transcript import Transcript
 
 READY_LINE = re.compile(r"dmagate-init: ready")
+DEBUG_FLAVOUR = "debug"
 
 # Base timeouts in seconds for a KVM guest; Accelerator.scale stretches them.
 BOOT_TIMEOUT = 15.0
 SHUTDOWN_TIMEOUT = 5.0
 QMP_TIMEOUT = 10.0
+
+
+def kernel_timeout_factor(flavour: str) -> float:
+    """The debug kernel runs about five times slower (KASAN, lockdep, ...)."""
+    return 5.0 if flavour == DEBUG_FLAVOUR else 1.0
 
 
 class VMError(RuntimeError):
@@ -54,7 +60,7 @@ class VMOptions:
     flavour: str = DEFAULT_FLAVOUR
     accel: str = "auto"
     cpus: int = 2
-    memory_mib: int = 512
+    memory_mib: int = 0  # 0: what the kernel flavour needs (KASAN wants more)
     devices: tuple[str, ...] = ("dmagate",)
     kernel_args: tuple[str, ...] = ()
     extra_qemu_args: tuple[str, ...] = ()
@@ -89,6 +95,8 @@ class VM:
         if not self.paths.qemu.exists():
             raise VMError(f"no QEMU at {self.paths.qemu}: run `make qemu`")
         self.accel = accelerator or resolve_accelerator(self.options.accel, self.paths.qemu)
+        debug = self.manifest.flavour == DEBUG_FLAVOUR
+        self.kernel_factor = kernel_timeout_factor(self.manifest.flavour)
         self.paths.runs.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir or Path(
             tempfile.mkdtemp(prefix=f"{self.options.name}-", dir=self.paths.runs)
@@ -104,7 +112,7 @@ class VM:
             bios=self.manifest.firmware["bios"],
             accel=self.accel.name,
             cpus=self.options.cpus,
-            memory_mib=self.options.memory_mib,
+            memory_mib=self.options.memory_mib or (1024 if debug else 512),
             kernel_args=self.options.kernel_args,
             devices=self.options.devices,
             extra_args=self.options.extra_qemu_args,
@@ -151,7 +159,7 @@ class VM:
         try:
             self._qmp = QMP(self.qmp_socket, self.qmp_log)
             try:
-                self._qmp.connect(self.accel.scale(QMP_TIMEOUT), alive=self.is_running)
+                self._qmp.connect(self.scale(QMP_TIMEOUT), alive=self.is_running)
             except (ConnectionError, TimeoutError) as err:
                 time.sleep(0.2)  # let the console reader catch QEMU's last words
                 raise VMError(f"{err}; QEMU said:\n{self.console.tail(15)}") from err
@@ -173,7 +181,7 @@ class VM:
 
     def wait_ready(self) -> None:
         """Wait for init's ready line, then for SSH; record both times."""
-        timeout = self.accel.scale(BOOT_TIMEOUT)
+        timeout = self.scale(BOOT_TIMEOUT)
         try:
             self.console.wait_for(READY_LINE, timeout, start=0)
         except TimeoutError as err:
@@ -207,7 +215,7 @@ class VM:
         if self._child is None:
             return None
         self.stopped = True
-        timeout = self.accel.scale(SHUTDOWN_TIMEOUT)
+        timeout = self.scale(SHUTDOWN_TIMEOUT)
         with contextlib.suppress(Exception):
             if self._ssh is not None and self.is_running():
                 # The command cannot report back: the guest is gone at once.
@@ -288,9 +296,13 @@ class VM:
             raise VMError("SSH not connected (start with wait=True or call wait_ready)")
         return self._ssh
 
+    def scale(self, seconds: float) -> float:
+        """A timeout written for KVM and a stock kernel, stretched for this VM."""
+        return self.accel.scale(seconds) * self.kernel_factor
+
     def run(self, command: str, timeout: float = 30.0, check: bool = False) -> CommandResult:
         """Run a shell command in the guest; the timeout scales with the accelerator."""
-        return self.ssh.run(command, timeout=self.accel.scale(timeout), check=check)
+        return self.ssh.run(command, timeout=self.scale(timeout), check=check)
 
     # -- kernel health ---------------------------------------------------------
 

@@ -225,3 +225,17 @@ def test_random_fuzz_then_device_still_works(
     (last,) = dev.wait()
     assert last.status == HW["ST_OK"]
     assert machine.memread(DATA, 8192) == ref.fill_pattern(seed, 0, 8192)
+
+
+def test_disable_mid_transfer_abandons_it(dev: Dmagate) -> None:
+    start_long_fill(dev)
+    dev.write("CTRL", 0)
+    assert dev.read("STATUS") == 0
+    snapshot = dev.qt.memread(DATA, 8 * MiB)
+    for _ in range(20):
+        dev.qt.clock_step(10_000_000)
+    assert dev.qt.memread(DATA, 8 * MiB) == snapshot
+    assert dev.read("CQ_TAIL") == 0
+    dev.setup(SQ, RING, CQ, RING, SG)  # enabling again starts the rings afresh
+    dev.submit(FILL, [(DATA, 4096)], param=1)
+    assert dev.wait()[0].status == HW["ST_OK"]

@@ -60,7 +60,7 @@ def test_console_is_interactive(vm: VM) -> None:
     token = secrets.token_hex(8)
     mark = vm.console.mark()
     vm.console.sendline(f"echo console-$((0x{token[:6]}))")
-    vm.console.wait_for(rf"console-{int(token[:6], 16)}\b", vm.accel.scale(10), start=mark)
+    vm.console.wait_for(rf"console-{int(token[:6], 16)}\b", vm.scale(10), start=mark)
 
 
 def test_clean_shutdown(make_vm: Callable[..., VM]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from dmagate.manifest import Manifest
 from dmagate.pytest_plugin import Bench
 
 pytestmark = pytest.mark.vm
@@ -29,7 +30,9 @@ def dmagate(bench: Bench, *args: str) -> subprocess.CompletedProcess[str]:
 def test_info_prints_manifest_and_accelerator(dmagate_bench: Bench) -> None:
     result = dmagate(dmagate_bench, "info")
     assert result.returncode == 0, result.stderr
-    assert re.search(r"^flavour\s+\S+ \(kernel \S+-cloud-amd64\)$", result.stdout, re.M)
+    release = Manifest.load(dmagate_bench.paths.image(dmagate_bench.flavour)).kernel_release
+    assert re.search(rf"^flavour\s+{re.escape(dmagate_bench.flavour)} \(kernel "
+                     rf"{re.escape(release)}\)$", result.stdout, re.M), result.stdout
     assert f"accelerator {dmagate_bench.accelerator.name}" in result.stdout
 
 
@@ -51,11 +54,11 @@ def test_boot_console_then_ssh_and_qmp_from_outside(dmagate_bench: Bench) -> Non
         cwd=str(dmagate_bench.paths.root), encoding="utf-8", timeout=None,
     )
     try:
-        boot.expect(r"QMP for scripts: (\S+)", timeout=dmagate_bench.accelerator.scale(10))
+        boot.expect(r"QMP for scripts: (\S+)", timeout=dmagate_bench.scale(10))
         socket = boot.match.group(1)
-        boot.expect("dmagate-init: ready", timeout=dmagate_bench.accelerator.scale(15))
+        boot.expect("dmagate-init: ready", timeout=dmagate_bench.scale(15))
         boot.sendline("echo typed-$((6*7))")
-        boot.expect("typed-42", timeout=dmagate_bench.accelerator.scale(10))
+        boot.expect("typed-42", timeout=dmagate_bench.scale(10))
 
         ssh = dmagate(dmagate_bench, "ssh", "cat", "/proc/sys/kernel/hostname")
         assert (ssh.returncode, ssh.stdout) == (0, "dmagate-guest\n"), ssh.stderr
@@ -72,7 +75,7 @@ def test_boot_console_then_ssh_and_qmp_from_outside(dmagate_bench: Bench) -> Non
             (dmagate_bench.paths.runs / "session.json").read_text()
         )["pid"]
         boot.send("\x1d")  # Ctrl-]
-        boot.expect(pexpect.EOF, timeout=dmagate_bench.accelerator.scale(10))
+        boot.expect(pexpect.EOF, timeout=dmagate_bench.scale(10))
         assert not Path(socket).exists()
         assert not Path(f"/proc/{qemu_pid}").exists() or "Z" in Path(
             f"/proc/{qemu_pid}/stat").read_text().split()[2]

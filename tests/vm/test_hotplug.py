@@ -11,7 +11,7 @@ from dmagate.vm import VM
 
 
 def wait_for(vm: VM, command: str, pattern: str, timeout: float) -> str:
-    deadline = time.monotonic() + vm.accel.scale(timeout)
+    deadline = time.monotonic() + vm.scale(timeout)
     while True:
         out = vm.run(command).stdout
         if re.search(pattern, out, re.M):
@@ -31,7 +31,7 @@ def test_hot_plug_and_unplug_behind_root_port(make_vm: Callable[..., VM]) -> Non
                      guest.run("dmesg").stdout)
 
     guest.qmp.cmd("device_del", id="hp0")
-    deadline = time.monotonic() + guest.accel.scale(15)
+    deadline = time.monotonic() + guest.scale(15)
     while not any(e["event"] == "DEVICE_DELETED" and e["data"].get("device") == "hp0"
                   for e in guest.qmp.events()):
         assert time.monotonic() < deadline, "the guest never released the device"

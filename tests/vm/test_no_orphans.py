@@ -48,7 +48,7 @@ def test_no_qemu_survives_pytest(
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + dmagate_bench.accelerator.scale(30)
+        deadline = time.monotonic() + dmagate_bench.scale(30)
         while not pidfile.exists() or not pidfile.read_text().endswith("\n"):
             assert child.poll() is None, output.read_text()
             assert time.monotonic() < deadline, "the child pytest never booted its VM"

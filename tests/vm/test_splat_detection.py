@@ -19,7 +19,7 @@ def test_kernel_warning_is_reported(make_vm: Callable[..., VM]) -> None:
     guest.run("insmod /lib/modules/dmagate_splat_test.ko", check=True)
     watch = HealthWatch.begin(guest)
     guest.run(f"echo warn > {TRIGGER}", check=True)
-    guest.console.wait_for(r"---\[ end trace", guest.accel.scale(10), start=watch.console_mark)
+    guest.console.wait_for(r"---\[ end trace", guest.scale(10), start=watch.console_mark)
     report = watch.check()
     assert [s.title for s in report.splats] == ["WARNING in splat_test_warn"]
     assert report.splats[0].kind == "WARNING"

@@ -759,9 +759,12 @@ static void dmagate_write_ctrl(DmagateState *s, uint32_t val)
             dmagate_enable(s);
         }
     } else if (!FIELD_EX32(val, CTRL, ENABLE)) {
-        /* Disabling stops taking descriptors; one in flight still ends. */
+        /* Disabling abandons a descriptor in flight; rings stay set up. */
         s->ctrl = 0;
-        s->status = FIELD_DP32(s->status, STATUS, ENABLED, 0);
+        s->active = false;
+        timer_del(s->timer);
+        s->status &= ~(R_STATUS_ENABLED_MASK | R_STATUS_BUSY_MASK |
+                       R_STATUS_STALLED_MASK);
     }
 }
 

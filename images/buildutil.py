@@ -1,0 +1,73 @@
+"""Helpers the image build shares: commands, hashes, Debian's archive."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def run(cmd: Sequence[str | Path], cwd: Path | None = None) -> str:
+    proc = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise BuildError(
+            f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
+    return proc.stdout
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def installed_version(package: str) -> str:
+    return run(["dpkg-query", "-W", "-f=${Version}", package]).strip()
+
+
+def candidate(package: str) -> str:
+    out = run(["apt-cache", "policy", package])
+    match = re.search(r"Candidate: (\S+)", out)
+    if not match or match.group(1) == "(none)":
+        raise BuildError(f"no candidate for {package}: run `make deps` (it runs apt-get update)")
+    return match.group(1)
+
+
+def depends(package: str) -> list[str]:
+    out = run(["apt-cache", "depends", "--important", f"{package}={candidate(package)}"])
+    return re.findall(r"^\s*\|?Depends: (\S+)$", out, re.M)
+
+
+def download(packages: Iterable[str], version: str, dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    def cached(package: str) -> Path | None:
+        return next(dest.glob(f"{package}_{version}_*.deb"), None)
+
+    wanted = {p: cached(p) for p in packages}
+    missing = [p for p, deb in wanted.items() if deb is None]
+    if missing:
+        # The sandbox user cannot write into the cache; root downloads it.
+        run(
+            ["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root",
+             *(f"{p}={version}" for p in missing)],
+            cwd=dest,
+        )
+    debs = []
+    for p in wanted:
+        deb = cached(p)
+        if deb is None:
+            raise BuildError(f"apt-get download did not produce {p}")
+        debs.append(deb)
+    return debs
