@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -77,7 +77,6 @@ class Timing:
     qmp: float = 0.0
     init_ready: float = 0.0
     ssh_ready: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class VM:
