@@ -27,7 +27,7 @@ def make_machine(tmp_path: Path) -> Iterator[Callable[..., QTestMachine]]:
         pytest.fail(f"no QEMU at {paths.qemu}: run `make qemu`")
 
     def make(device: str = "", extra: tuple[str, ...] = (), memory_mib: int = 512,
-             behind_root_port: bool = False) -> QTestMachine:
+             behind_root_port: bool = False, iommu: bool = False) -> QTestMachine:
         options = f",{device}" if device else ""
         placement = (
             # Native PCIe hot-plug on the port (q35 would otherwise use ACPI's).
@@ -36,9 +36,11 @@ def make_machine(tmp_path: Path) -> Iterator[Callable[..., QTestMachine]]:
              "-device", f"dmagate,id=dg,bus=rp0{options}"]
             if behind_root_port else ["-device", f"dmagate,id=dg,addr={SLOT}{options}"]
         )
+        # The IOMMU goes first: PCI devices find their address space at realize.
+        first = ["-device", "intel-iommu,intremap=off"] if iommu else []
         machine = QTestMachine(
             paths.qemu,
-            ["-d", "guest_errors", *placement, *extra],
+            ["-d", "guest_errors", *first, *placement, *extra],
             tmp_path / f"qemu{len(machines)}",
             memory_mib=memory_mib,
         )
