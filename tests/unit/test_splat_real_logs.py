@@ -62,3 +62,24 @@ def test_panic_report_includes_its_stack() -> None:
     (splat,) = find_splats(log("6.12-panic"))
     assert "panic+0x" in splat.report
     assert splat.report.splitlines()[-1].startswith("Kernel Offset:")
+
+
+def test_debug_kernel_checkers_each_reported_once() -> None:
+    """KASAN, DEBUG_ATOMIC_SLEEP and DMA-API debug on the debug kernel,
+    provoked by the test-only module; the boot before them is clean."""
+    splats = find_splats(log("debug-checkers"))
+    assert [(s.kind, s.title) for s in splats] == [
+        ("KASAN", "KASAN: slab-use-after-free Read in splat_test_uaf"),
+        ("ATOMIC_SLEEP",
+         "BUG: sleeping function called from invalid context in splat_test_atomic_sleep"),
+        ("DMA_API",
+         "DMA-API: device driver frees DMA memory with different size in splat_test_dma_misuse"),
+    ]
+    assert "Read of size 1" in splats[0].report
+
+
+def test_debug_kernel_lockdep() -> None:
+    (splat,) = find_splats(log("debug-lockdep"))
+    assert splat.kind == "LOCKDEP"
+    assert splat.title == "possible deadlock in splat_test_lock_inversion"
+    assert "splat_lock_a" in splat.report and "splat_lock_b" in splat.report
