@@ -81,9 +81,10 @@ test: lint qemu ## everything: lint, unit, device and VM tests (each of TEST_KER
 	@set -e; for k in $(TEST_KERNELS); do \
 		$(MAKE) --no-print-directory vm-test KERNEL=$$k; done
 
-bench: image ## benchmarks: boot to SSH (5 boots), device DMA throughput -> build/bench/
+bench: image ## benchmarks: boot to SSH, device DMA throughput, driver cycle time -> build/bench/
 	@$(DMAGATE) --kernel $(KERNEL) bench-boot -n 5 --out $(BUILD)/bench/boot-$(KERNEL).json
 	@$(DMAGATE) bench-device -n 5 --out $(BUILD)/bench/device-fill.json
+	@$(DMAGATE) --kernel $(KERNEL) bench-cycle -n 500 --out $(BUILD)/bench/cycle-$(KERNEL).json
 
 clean: ## remove build/ (the download and QEMU caches in ~/.cache/dmagate stay)
 	rm -rf $(BUILD)

@@ -1,43 +1,1437 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * dmagate: driver for the dmagate DMA test device.
+ * dmagate: driver for the dmagate DMA test device (docs/device.md).
  *
- * This first version binds the device, enables it and checks its ID and
- * version registers through BAR0 (docs/device.md); the mapping-revocation
- * protocol builds on it.
+ * Each open() of /dev/dmagate<N> is a session with one buffer that the
+ * program maps.  DMAGATE_IOC_SUBMIT takes the pages of a range away from
+ * every user mapping of the session and hands them to the device; the
+ * completion interrupt hands them back, and the next touch maps them again.
+ * docs/driver.md is the contract, include/uapi/dmagate.h the ABI.
+ *
+ * Ownership.  A page of a session's buffer belongs to the device while it
+ * lies in a transfer on sess->inflight, to the program otherwise.  Every
+ * mapping of the session (several mmaps, split VMAs, forked children) links
+ * into one address_space, that of an inode the session owns, so taking a
+ * range away is one unmap_mapping_range().  mmap() installs nothing: the
+ * fault handler maps the program's pages (VM_PFNMAP, so nothing can pin
+ * them) or answers SIGBUS.
+ *
+ * Locking
+ * -------
+ *   dev->sessions_lock  mutex: dev->sessions, dev->gone
+ *   sess->lock          mutex: the session's buffer, sess->inflight,
+ *                       sess->done, sess->gone, sess->next_seq
+ *   dev->hw_lock        mutex: registers, rings, dev->posted, dev->hw_dead
+ *
+ * Order: mmap_lock (or the VMA lock; held by the core around a fault)
+ *   -> dev->sessions_lock -> sess->lock -> dev->hw_lock
+ *   -> i_mmap_rwsem and page-table locks (inside unmap_mapping_range() and
+ *      vmf_insert_pfn()).
+ *
+ * Nothing copies to or from user space, or takes mmap_lock, while holding
+ * sess->lock or dev->hw_lock: such a copy may fault on the session's own
+ * mapping, and the fault handler takes sess->lock.  The interrupt thread
+ * and the watchdog take finished transfers off dev->posted under
+ * dev->hw_lock, drop it, and then take each transfer's sess->lock to give
+ * its pages back.  A transfer's pages are synced for the CPU and given back
+ * only once the device has reported it, or a reset has confirmed that the
+ * device stopped; a session's buffer is freed only when none of its
+ * transfers is in flight.
  */
 
+#include <linux/dma-mapping.h>
+#include <linux/fs.h>
+#include <linux/idr.h>
+#include <linux/interrupt.h>
+#include <linux/iopoll.h>
+#include <linux/kref.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/mount.h>
 #include <linux/pci.h>
+#include <linux/poll.h>
+#include <linux/pseudo_fs.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/workqueue.h>
 
 #include "dmagate_hw.h"
+#include "uapi/dmagate.h"
 
-#define DRV_NAME "dmagate"
+#define DRV_NAME		"dmagate"
+#define DMAGATE_FS_MAGIC	0x444d4147	/* "DMAG" */
+
+/* Ring sizes: one SG list of DMAGATE_MAX_SEGMENTS entries per SQ slot. */
+#define DMAGATE_SQ_ENTRIES	32
+/* Room for every slot's completion plus injected duplicates. */
+#define DMAGATE_CQ_ENTRIES	(2 * DMAGATE_SQ_ENTRIES)
+#define DMAGATE_SGL_BYTES	(DMAGATE_MAX_SEGMENTS * DMAGATE_SG_SIZE)
+/* Buffers are made of chunks of up to 64 KiB: few SG entries, easy pages. */
+#define DMAGATE_CHUNK_ORDER	4
+
+#ifndef PCI_IRQ_INTX
+#define PCI_IRQ_INTX		PCI_IRQ_LEGACY
+#endif
+
+static unsigned long max_buffer = 64UL << 20;
+module_param(max_buffer, ulong, 0444);
+MODULE_PARM_DESC(max_buffer, "largest buffer of one session, bytes (64 MiB .. 256 MiB)");
+
+static unsigned int timeout_ms = 5000;
+module_param(timeout_ms, uint, 0644);
+MODULE_PARM_DESC(timeout_ms, "watchdog: reset the device when a transfer takes longer (ms)");
+
+static char *irq_mode = "auto";
+module_param(irq_mode, charp, 0444);
+MODULE_PARM_DESC(irq_mode, "interrupts to use: auto (MSI-X, MSI, INTx), msix, msi or intx");
+
+static struct vfsmount *dmagate_mnt;
+static DEFINE_IDA(dmagate_ida);
+
+struct dmagate_stats {
+	atomic64_t submits;
+	atomic64_t completions;
+	atomic64_t errors;
+	atomic64_t timeouts;
+	atomic64_t revocations;
+	atomic64_t faults;
+	atomic64_t sigbus;
+};
+
+struct dmagate_dev {
+	struct kref ref;
+	struct pci_dev *pdev;
+	void __iomem *regs;
+	struct miscdevice misc;
+	char name[20];
+	int id;
+	u32 irq_mode;			/* DMAGATE_IRQ_* */
+	int nvecs;
+	u32 version;
+
+	struct mutex sessions_lock;	/* see "Locking" above */
+	struct list_head sessions;
+	bool gone;
+
+	struct mutex hw_lock;		/* see "Locking" above */
+	bool hw_dead;			/* no register or ring access any more */
+	bool halted;			/* the device reported a ring error */
+	bool wedged;			/* a reset did not stop it: never free */
+	void *sq;
+	dma_addr_t sq_dma;
+	void *cq;
+	dma_addr_t cq_dma;
+	void *sgl[DMAGATE_SQ_ENTRIES];
+	dma_addr_t sgl_dma[DMAGATE_SQ_ENTRIES];
+	u32 sq_tail;
+	u32 cq_head;
+	bool cq_phase;
+	struct list_head posted;	/* transfers given to the device, in order */
+	unsigned int nposted;
+	u32 next_tag;
+	struct delayed_work watchdog;
+
+	struct dmagate_stats stats;
+};
+
+struct dmagate_session {
+	struct dmagate_dev *dev;
+	struct list_head node;		/* on dev->sessions */
+	struct inode *inode;		/* its i_mapping holds every mapping */
+	struct mutex lock;
+	wait_queue_head_t wq;
+	atomic_t events;		/* bumped on every completion and on removal */
+	atomic_t ninflight;		/* entries on inflight, for lockless waits */
+	bool gone;
+
+	struct page **chunks;
+	dma_addr_t *chunk_dma;
+	unsigned int nchunks;
+	unsigned int chunk_order;
+	bool dma_mapped;
+	u64 length;
+	pgoff_t npages;
+
+	u64 next_seq;
+	struct list_head inflight;	/* transfers the device owns */
+	struct list_head done;		/* finished, record not read yet */
+};
+
+struct dmagate_xfer {
+	struct list_head node;		/* on sess->inflight, then sess->done */
+	struct list_head posted;	/* on dev->posted, then a local list */
+	struct dmagate_session *sess;
+	u32 tag;
+	u32 op;
+	enum dma_data_direction dir;
+	u64 offset;
+	u64 length;
+	pgoff_t first;			/* pages [first, last) are revoked */
+	pgoff_t last;
+	unsigned long deadline;
+	struct dmagate_completion rec;
+};
+
+static void dmagate_dev_release(struct kref *ref)
+{
+	struct dmagate_dev *dev = container_of(ref, struct dmagate_dev, ref);
+
+	pci_dev_put(dev->pdev);
+	kfree(dev);
+}
+
+static void dmagate_dev_put(struct dmagate_dev *dev)
+{
+	kref_put(&dev->ref, dmagate_dev_release);
+}
+
+static struct device *dmagate_dma_dev(struct dmagate_dev *dev)
+{
+	return &dev->pdev->dev;
+}
+
+/* ---- The hardware: rings, reset, posting, reaping ---------------------- */
+
+/* Ring fields are naturally aligned little-endian words (docs/device.md). */
+static void dmagate_put_le32(void *base, unsigned int off, u32 val)
+{
+	*(__le32 *)(base + off) = cpu_to_le32(val);
+}
+
+static void dmagate_put_le64(void *base, unsigned int off, u64 val)
+{
+	*(__le64 *)(base + off) = cpu_to_le64(val);
+}
+
+static u32 dmagate_get_le32(const void *base, unsigned int off)
+{
+	return le32_to_cpu(*(const __le32 *)(base + off));
+}
+
+static void dmagate_write_ring_base(struct dmagate_dev *dev, u32 lo_reg, dma_addr_t base)
+{
+	writel(lower_32_bits(base), dev->regs + lo_reg);
+	writel(upper_32_bits(base), dev->regs + lo_reg + 4);
+}
+
+/*
+ * A soft reset abandons whatever the device was doing.  Returns 0 once the
+ * device confirms it has stopped (STATUS reads 0), or reads all ones
+ * because it is no longer there to write anything.
+ */
+static int dmagate_hw_reset(struct dmagate_dev *dev)
+{
+	u32 status;
+
+	writel(DMAGATE_CTRL_RESET, dev->regs + DMAGATE_REG_CTRL);
+	return readl_poll_timeout(dev->regs + DMAGATE_REG_STATUS, status,
+				  status == 0 || status == U32_MAX, 10, 100000);
+}
+
+/* Program the rings and enable; the device must be reset. hw_lock held. */
+static int dmagate_hw_start(struct dmagate_dev *dev)
+{
+	u32 status;
+
+	memset(dev->cq, 0, DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE);
+	dev->sq_tail = 0;
+	dev->cq_head = 0;
+	dev->cq_phase = true;
+	dev->halted = false;
+	dmagate_write_ring_base(dev, DMAGATE_REG_SQ_BASE_LO, dev->sq_dma);
+	writel(DMAGATE_SQ_ENTRIES, dev->regs + DMAGATE_REG_SQ_SIZE);
+	dmagate_write_ring_base(dev, DMAGATE_REG_CQ_BASE_LO, dev->cq_dma);
+	writel(DMAGATE_CQ_ENTRIES, dev->regs + DMAGATE_REG_CQ_SIZE);
+	writel(0, dev->regs + DMAGATE_REG_INT_MASK);
+	writel(DMAGATE_CTRL_ENABLE, dev->regs + DMAGATE_REG_CTRL);
+	status = readl(dev->regs + DMAGATE_REG_STATUS);
+	if (!(status & DMAGATE_STATUS_ENABLED)) {
+		dev_err(&dev->pdev->dev, "device refused the rings: status 0x%x, error %u\n",
+			status, readl(dev->regs + DMAGATE_REG_ERROR));
+		return -EIO;
+	}
+	return 0;
+}
+
+static void dmagate_watchdog_arm(struct dmagate_dev *dev)
+{
+	struct dmagate_xfer *oldest;
+	long delay;
+
+	lockdep_assert_held(&dev->hw_lock);
+	oldest = list_first_entry_or_null(&dev->posted, struct dmagate_xfer, posted);
+	if (!oldest) {
+		cancel_delayed_work(&dev->watchdog);
+		return;
+	}
+	delay = (long)(oldest->deadline - jiffies);
+	mod_delayed_work(system_wq, &dev->watchdog, dev->halted ? 0 : max(delay, 0L));
+}
+
+/* A piece of the buffer inside one chunk: chunk @idx, bytes [in, in + len). */
+struct dmagate_span {
+	unsigned int idx;
+	u64 in;
+	u64 len;
+};
+
+/* Step through bytes [*pos, end) of the buffer chunk by chunk. */
+static bool dmagate_next_span(const struct dmagate_session *sess, u64 *pos, u64 end,
+			      struct dmagate_span *span)
+{
+	u64 chunk_bytes = PAGE_SIZE << sess->chunk_order;
+
+	if (*pos >= end)
+		return false;
+	span->idx = *pos >> (PAGE_SHIFT + sess->chunk_order);
+	span->in = *pos & (chunk_bytes - 1);
+	span->len = min(end - *pos, chunk_bytes - span->in);
+	*pos += span->len;
+	return true;
+}
+
+static void dmagate_sync(struct dmagate_xfer *xfer, bool for_device)
+{
+	struct dmagate_session *sess = xfer->sess;
+	struct device *dma_dev = dmagate_dma_dev(sess->dev);
+	u64 pos = xfer->offset, end = xfer->offset + xfer->length;
+	struct dmagate_span span;
+
+	while (dmagate_next_span(sess, &pos, end, &span)) {
+		if (for_device)
+			dma_sync_single_range_for_device(dma_dev, sess->chunk_dma[span.idx],
+							 span.in, span.len, xfer->dir);
+		else
+			dma_sync_single_range_for_cpu(dma_dev, sess->chunk_dma[span.idx],
+						      span.in, span.len, xfer->dir);
+	}
+}
+
+/* Write the transfer's SG list into @sgl; returns the entry count. */
+static u32 dmagate_build_sgl(struct dmagate_xfer *xfer, void *sgl)
+{
+	struct dmagate_session *sess = xfer->sess;
+	u64 pos = xfer->offset, end = xfer->offset + xfer->length;
+	struct dmagate_span span;
+	dma_addr_t addr, next = 0;
+	void *entry = NULL;
+	u32 count = 0;
+
+	while (dmagate_next_span(sess, &pos, end, &span)) {
+		addr = sess->chunk_dma[span.idx] + span.in;
+		if (entry && addr == next) {
+			/* Contiguous with the previous segment: grow it. */
+			dmagate_put_le32(entry, DMAGATE_SG_LEN,
+					 dmagate_get_le32(entry, DMAGATE_SG_LEN) + span.len);
+		} else {
+			entry = sgl + count++ * DMAGATE_SG_SIZE;
+			dmagate_put_le64(entry, DMAGATE_SG_ADDR, addr);
+			dmagate_put_le32(entry, DMAGATE_SG_LEN, span.len);
+			dmagate_put_le32(entry, DMAGATE_SG_RESERVED, 0);
+		}
+		next = addr + span.len;
+	}
+	return count;
+}
+
+static const u8 dmagate_opcodes[] = {
+	[DMAGATE_XFER_FILL] = DMAGATE_OP_FILL,
+	[DMAGATE_XFER_CHECKSUM] = DMAGATE_OP_CHECKSUM,
+	[DMAGATE_XFER_TRANSFORM] = DMAGATE_OP_TRANSFORM,
+};
+
+/* Fill the next SQ slot with @xfer and ring the doorbell. hw_lock held. */
+static void dmagate_hw_post(struct dmagate_dev *dev, struct dmagate_xfer *xfer,
+			    u64 param)
+{
+	u32 slot = dev->sq_tail;
+	void *desc = dev->sq + slot * DMAGATE_DESC_SIZE;
+	u32 count = dmagate_build_sgl(xfer, dev->sgl[slot]);
+
+	xfer->tag = dev->next_tag++;
+	memset(desc, 0, DMAGATE_DESC_SIZE);
+	*(u8 *)(desc + DMAGATE_DESC_OPCODE) = dmagate_opcodes[xfer->op];
+	*(u8 *)(desc + DMAGATE_DESC_FLAGS) = DMAGATE_DESC_F_INTERRUPT;
+	dmagate_put_le32(desc, DMAGATE_DESC_TAG, xfer->tag);
+	dmagate_put_le64(desc, DMAGATE_DESC_SG_ADDR, dev->sgl_dma[slot]);
+	dmagate_put_le32(desc, DMAGATE_DESC_SG_COUNT, count);
+	dmagate_put_le32(desc, DMAGATE_DESC_LENGTH, xfer->length);
+	dmagate_put_le64(desc, DMAGATE_DESC_PARAM, param);
+
+	xfer->deadline = jiffies + msecs_to_jiffies(max(READ_ONCE(timeout_ms), 1U));
+	list_add_tail(&xfer->posted, &dev->posted);
+	dev->nposted++;
+	dev->sq_tail = (slot + 1) % DMAGATE_SQ_ENTRIES;
+	/* writel() orders the descriptor and SG writes before the doorbell. */
+	writel(dev->sq_tail, dev->regs + DMAGATE_REG_SQ_TAIL);
+	dmagate_watchdog_arm(dev);
+}
+
+static int dmagate_status_errno(u16 status)
+{
+	return status == DMAGATE_ST_OK ? 0 : -EIO;
+}
+
+/*
+ * Move every completion the device has written onto @finished, in order.
+ * hw_lock held.
+ */
+static void dmagate_hw_reap(struct dmagate_dev *dev, struct list_head *finished)
+{
+	struct dmagate_xfer *xfer;
+	bool moved = false;
+
+	for (;;) {
+		void *cpl = dev->cq + dev->cq_head * DMAGATE_CPL_SIZE;
+		/* The device writes the ring behind our back. */
+		u16 flags = le16_to_cpu(READ_ONCE(*(__le16 *)(cpl + DMAGATE_CPL_FLAGS)));
+		u32 tag;
+		u16 status;
+
+		if (!!(flags & DMAGATE_CPL_F_PHASE) != dev->cq_phase)
+			break;
+		/* Read the record only after seeing its phase flip. */
+		dma_rmb();
+		tag = dmagate_get_le32(cpl, DMAGATE_CPL_TAG);
+		status = le16_to_cpu(*(__le16 *)(cpl + DMAGATE_CPL_STATUS));
+		if (++dev->cq_head == DMAGATE_CQ_ENTRIES) {
+			dev->cq_head = 0;
+			dev->cq_phase = !dev->cq_phase;
+		}
+		moved = true;
+
+		xfer = list_first_entry_or_null(&dev->posted, struct dmagate_xfer, posted);
+		if (!xfer || xfer->tag != tag) {
+			/* E.g. a duplicated completion: its transfer is done. */
+			dev_warn_ratelimited(&dev->pdev->dev,
+					     "ignoring a completion for tag %u (status %u)\n",
+					     tag, status);
+			continue;
+		}
+		xfer->rec.device_status = status;
+		xfer->rec.error = dmagate_status_errno(status);
+		xfer->rec.bytes = dmagate_get_le32(cpl, DMAGATE_CPL_BYTES_DONE);
+		xfer->rec.crc = dmagate_get_le32(cpl, DMAGATE_CPL_CRC);
+		xfer->rec.device_time_ns = le64_to_cpu(*(__le64 *)(cpl + DMAGATE_CPL_TIMESTAMP));
+		list_move_tail(&xfer->posted, finished);
+		dev->nposted--;
+	}
+	if (moved)
+		writel(dev->cq_head, dev->regs + DMAGATE_REG_CQ_HEAD);
+}
+
+/* Give a finished transfer's pages back to the program, wake waiters. */
+static void dmagate_xfer_finish(struct dmagate_xfer *xfer)
+{
+	struct dmagate_session *sess = xfer->sess;
+	struct dmagate_stats *stats = &sess->dev->stats;
+
+	mutex_lock(&sess->lock);
+	if (sess->dma_mapped)
+		dmagate_sync(xfer, false);
+	list_move_tail(&xfer->node, &sess->done);
+	atomic_dec(&sess->ninflight);
+	atomic_inc(&sess->events);
+	mutex_unlock(&sess->lock);
+
+	atomic64_inc(&stats->completions);
+	if (xfer->rec.error)
+		atomic64_inc(&stats->errors);
+	if (xfer->rec.error == -ETIMEDOUT)
+		atomic64_inc(&stats->timeouts);
+	wake_up_poll(&sess->wq, EPOLLIN | EPOLLRDNORM | (xfer->rec.error ? EPOLLERR : 0));
+}
+
+static void dmagate_finish_all(struct list_head *finished, int error)
+{
+	struct dmagate_xfer *xfer, *tmp;
+
+	list_for_each_entry_safe(xfer, tmp, finished, posted) {
+		list_del_init(&xfer->posted);
+		if (error) {
+			xfer->rec.error = error;
+			xfer->rec.device_status = U32_MAX;
+		}
+		dmagate_xfer_finish(xfer);
+	}
+}
+
+static irqreturn_t dmagate_irq(int irq, void *data)
+{
+	struct dmagate_dev *dev = data;
+	u32 status = readl(dev->regs + DMAGATE_REG_INT_STATUS);
+
+	if (!status || status == U32_MAX)
+		return dev->irq_mode == DMAGATE_IRQ_INTX ? IRQ_NONE : IRQ_WAKE_THREAD;
+	writel(status, dev->regs + DMAGATE_REG_INT_ACK);
+	return IRQ_WAKE_THREAD;
+}
+
+static irqreturn_t dmagate_irq_thread(int irq, void *data)
+{
+	struct dmagate_dev *dev = data;
+	LIST_HEAD(finished);
+
+	mutex_lock(&dev->hw_lock);
+	if (dev->hw_dead) {
+		mutex_unlock(&dev->hw_lock);
+		return IRQ_HANDLED;
+	}
+	dmagate_hw_reap(dev, &finished);
+	if (readl(dev->regs + DMAGATE_REG_STATUS) & DMAGATE_STATUS_HALTED)
+		dev->halted = true;
+	dmagate_watchdog_arm(dev);
+	mutex_unlock(&dev->hw_lock);
+
+	dmagate_finish_all(&finished, 0);
+	return IRQ_HANDLED;
+}
+
+static void dmagate_wake_sessions(struct dmagate_dev *dev)
+{
+	struct dmagate_session *sess;
+
+	mutex_lock(&dev->sessions_lock);
+	list_for_each_entry(sess, &dev->sessions, node)
+		wake_up_all(&sess->wq);
+	mutex_unlock(&dev->sessions_lock);
+}
+
+/*
+ * The oldest transfer is overdue (a lost interrupt, a stalled device) or
+ * the device halted: reset it, and only once it confirms it stopped give
+ * every transfer it held back, failed.
+ */
+static void dmagate_watchdog(struct work_struct *work)
+{
+	struct dmagate_dev *dev = container_of(to_delayed_work(work),
+					       struct dmagate_dev, watchdog);
+	struct dmagate_xfer *oldest;
+	LIST_HEAD(finished);
+	int error;
+
+	mutex_lock(&dev->hw_lock);
+	oldest = list_first_entry_or_null(&dev->posted, struct dmagate_xfer, posted);
+	if (dev->hw_dead || !oldest) {
+		mutex_unlock(&dev->hw_lock);
+		return;
+	}
+	if (!dev->halted && time_before(jiffies, oldest->deadline)) {
+		dmagate_watchdog_arm(dev);
+		mutex_unlock(&dev->hw_lock);
+		return;
+	}
+	error = dev->halted ? -EIO : -ETIMEDOUT;
+	dev_warn(&dev->pdev->dev, "%s: resetting the device (%u transfers in flight)\n",
+		 dev->halted ? "device halted" : "transfer timed out", dev->nposted);
+	if (dmagate_hw_reset(dev)) {
+		/* It may still write: its pages stay revoked and are never freed. */
+		dev_err(&dev->pdev->dev, "device did not stop; its buffers stay revoked\n");
+		dev->hw_dead = true;
+		WRITE_ONCE(dev->wedged, true);
+		mutex_unlock(&dev->hw_lock);
+		dmagate_wake_sessions(dev);
+		return;
+	}
+	list_splice_init(&dev->posted, &finished);
+	dev->nposted = 0;
+	if (dmagate_hw_start(dev))
+		dev->hw_dead = true;
+	mutex_unlock(&dev->hw_lock);
+
+	dmagate_finish_all(&finished, error);
+}
+
+/* ---- The buffer --------------------------------------------------------- */
+
+static void dmagate_buffer_unmap(struct dmagate_session *sess)
+{
+	struct device *dma_dev = dmagate_dma_dev(sess->dev);
+	unsigned int i;
+
+	lockdep_assert_held(&sess->lock);
+	if (!sess->dma_mapped)
+		return;
+	for (i = 0; i < sess->nchunks; i++)
+		dma_unmap_page(dma_dev, sess->chunk_dma[i],
+			       PAGE_SIZE << sess->chunk_order, DMA_BIDIRECTIONAL);
+	sess->dma_mapped = false;
+}
+
+static void dmagate_buffer_free(struct dmagate_session *sess)
+{
+	unsigned int i;
+
+	dmagate_buffer_unmap(sess);
+	for (i = 0; i < sess->nchunks; i++)
+		__free_pages(sess->chunks[i], sess->chunk_order);
+	kfree(sess->chunk_dma);
+	kfree(sess->chunks);
+	sess->chunks = NULL;
+	sess->chunk_dma = NULL;
+	sess->nchunks = 0;
+	sess->npages = 0;
+	sess->length = 0;
+}
+
+/* Allocate and DMA-map @nchunks chunks of 2^@order pages. sess->lock held. */
+static int dmagate_chunks_alloc(struct dmagate_session *sess, unsigned int nchunks,
+				unsigned int order)
+{
+	struct device *dma_dev = dmagate_dma_dev(sess->dev);
+	gfp_t gfp = GFP_KERNEL_ACCOUNT | __GFP_ZERO | __GFP_NOWARN;
+	unsigned int i;
+
+	if (order)
+		gfp |= __GFP_RETRY_MAYFAIL;
+	sess->chunks = kcalloc(nchunks, sizeof(*sess->chunks), GFP_KERNEL);
+	if (!sess->chunks)
+		return -ENOMEM;
+	sess->chunk_dma = kcalloc(nchunks, sizeof(*sess->chunk_dma), GFP_KERNEL);
+	if (!sess->chunk_dma)
+		goto err_free_chunk_array;
+
+	for (i = 0; i < nchunks; i++) {
+		sess->chunks[i] = alloc_pages(gfp, order);
+		if (!sess->chunks[i])
+			goto err_free_chunks;
+		sess->chunk_dma[i] = dma_map_page(dma_dev, sess->chunks[i], 0,
+						  PAGE_SIZE << order, DMA_BIDIRECTIONAL);
+		if (dma_mapping_error(dma_dev, sess->chunk_dma[i])) {
+			__free_pages(sess->chunks[i], order);
+			goto err_free_chunks;
+		}
+	}
+	sess->nchunks = nchunks;
+	sess->chunk_order = order;
+	sess->dma_mapped = true;
+	return 0;
+
+err_free_chunks:
+	while (i--) {
+		dma_unmap_page(dma_dev, sess->chunk_dma[i], PAGE_SIZE << order,
+			       DMA_BIDIRECTIONAL);
+		__free_pages(sess->chunks[i], order);
+	}
+	kfree(sess->chunk_dma);
+	sess->chunk_dma = NULL;
+err_free_chunk_array:
+	kfree(sess->chunks);
+	sess->chunks = NULL;
+	return -ENOMEM;
+}
+
+/*
+ * Chunks of 64 KiB where memory allows, never so small that a transfer
+ * needs more than DMAGATE_MAX_SEGMENTS SG entries.
+ */
+static int dmagate_buffer_alloc(struct dmagate_session *sess, u64 length)
+{
+	pgoff_t npages = length >> PAGE_SHIFT;
+	unsigned int min_order = order_base_2(DIV_ROUND_UP(npages, DMAGATE_MAX_SEGMENTS));
+	unsigned int order = max_t(unsigned int, min_order,
+				   min_t(unsigned int, DMAGATE_CHUNK_ORDER, ilog2(npages)));
+	int ret;
+
+	for (;; order--) {
+		ret = dmagate_chunks_alloc(sess, DIV_ROUND_UP(npages, 1UL << order), order);
+		if (!ret || order == min_order)
+			break;
+	}
+	if (ret)
+		return ret;
+	sess->length = length;
+	sess->npages = npages;
+	return 0;
+}
+
+static unsigned long dmagate_pfn(struct dmagate_session *sess, pgoff_t pgoff)
+{
+	unsigned int shift = sess->chunk_order;
+
+	return page_to_pfn(sess->chunks[pgoff >> shift]) + (pgoff & ((1UL << shift) - 1));
+}
+
+/* ---- Mapping and faults ------------------------------------------------- */
+
+/*
+ * The run of program-owned pages around @pgoff, as [*first, *last), or
+ * false when the device owns @pgoff.  sess->lock held.
+ */
+static bool dmagate_owned_run(struct dmagate_session *sess, pgoff_t pgoff,
+			      pgoff_t *first, pgoff_t *last)
+{
+	struct dmagate_xfer *xfer;
+
+	*first = 0;
+	*last = sess->npages;
+	list_for_each_entry(xfer, &sess->inflight, node) {
+		if (pgoff >= xfer->first && pgoff < xfer->last)
+			return false;
+		if (xfer->last <= pgoff)
+			*first = max(*first, xfer->last);
+		else
+			*last = min(*last, xfer->first);
+	}
+	return true;
+}
+
+static vm_fault_t dmagate_vm_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct dmagate_session *sess = vma->vm_private_data;
+	pgoff_t vma_first = vma->vm_pgoff, vma_last = vma_first + vma_pages(vma);
+	pgoff_t first, last, pgoff;
+	vm_fault_t ret = VM_FAULT_SIGBUS;
+
+	mutex_lock(&sess->lock);
+	if (sess->gone || vmf->pgoff >= sess->npages ||
+	    !dmagate_owned_run(sess, vmf->pgoff, &first, &last)) {
+		atomic64_inc(&sess->dev->stats.sigbus);
+		goto out_unlock;
+	}
+	/* Map the whole run at once: one fault per re-granted range. */
+	first = max(first, vma_first);
+	last = min(last, vma_last);
+	for (pgoff = first; pgoff < last; pgoff++) {
+		ret = vmf_insert_pfn(vma, vma->vm_start + ((pgoff - vma_first) << PAGE_SHIFT),
+				     dmagate_pfn(sess, pgoff));
+		if (ret & VM_FAULT_ERROR)
+			break;
+	}
+	atomic64_inc(&sess->dev->stats.faults);
+out_unlock:
+	mutex_unlock(&sess->lock);
+	return ret;
+}
+
+static const struct vm_operations_struct dmagate_vm_ops = {
+	.fault = dmagate_vm_fault,
+};
+
+static int dmagate_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct dmagate_session *sess = file->private_data;
+	int ret = 0;
+
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	mutex_lock(&sess->lock);
+	if (sess->gone)
+		ret = -ENODEV;
+	else if (!sess->npages)
+		ret = -ENOBUFS;
+	else if (vma->vm_pgoff >= sess->npages ||
+		 vma_pages(vma) > sess->npages - vma->vm_pgoff)
+		ret = -EINVAL;
+	mutex_unlock(&sess->lock);
+	if (ret)
+		return ret;
+
+	/* PFN mappings cannot be pinned, grown, dumped or copied on write. */
+#ifdef DMAGATE_HAVE_VM_FLAGS_SET
+	vm_flags_set(vma, VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP);
+#else	/* before 6.3 */
+	vma->vm_flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
+#endif
+	vma->vm_ops = &dmagate_vm_ops;
+	vma->vm_private_data = sess;
+	return 0;
+}
+
+/* ---- ioctls ------------------------------------------------------------- */
+
+/*
+ * Copy in a structure whose first field is its size as the caller knows
+ * it: shorter than ours is EINVAL, longer is fine if the extra is zero.
+ */
+static int dmagate_arg_in(void *karg, size_t ksize, const void __user *uarg, u32 *usize)
+{
+	if (get_user(*usize, (const u32 __user *)uarg))
+		return -EFAULT;
+	if (*usize < ksize)
+		return -EINVAL;
+	return copy_struct_from_user(karg, ksize, uarg, *usize);
+}
+
+static int dmagate_arg_out(void __user *uarg, const void *karg, size_t ksize)
+{
+	return copy_to_user(uarg, karg, ksize) ? -EFAULT : 0;
+}
+
+static long dmagate_ioc_info(struct dmagate_session *sess, void __user *uarg)
+{
+	struct dmagate_dev *dev = sess->dev;
+	struct dmagate_info info;
+	u32 usize;
+	int ret;
+
+	ret = dmagate_arg_in(&info, sizeof(info), uarg, &usize);
+	if (ret)
+		return ret;
+	info.version = DMAGATE_UAPI_VERSION;
+	info.max_buffer = max_buffer;
+	info.device_version = dev->version;
+	info.irq_mode = dev->irq_mode;
+	return dmagate_arg_out(uarg, &info, sizeof(info));
+}
+
+static long dmagate_ioc_alloc(struct dmagate_session *sess, void __user *uarg)
+{
+	struct dmagate_alloc alloc;
+	u32 usize;
+	int ret;
+
+	ret = dmagate_arg_in(&alloc, sizeof(alloc), uarg, &usize);
+	if (ret)
+		return ret;
+	if (alloc.flags || !alloc.length || !PAGE_ALIGNED(alloc.length))
+		return -EINVAL;
+	if (alloc.length > max_buffer)
+		return -EFBIG;
+
+	mutex_lock(&sess->lock);
+	if (sess->gone)
+		ret = -ENODEV;
+	else if (sess->npages)
+		ret = -EEXIST;
+	else
+		ret = dmagate_buffer_alloc(sess, alloc.length);
+	mutex_unlock(&sess->lock);
+	return ret;
+}
+
+static bool dmagate_overlaps(struct dmagate_session *sess, pgoff_t first, pgoff_t last)
+{
+	struct dmagate_xfer *xfer;
+
+	list_for_each_entry(xfer, &sess->inflight, node)
+		if (first < xfer->last && xfer->first < last)
+			return true;
+	return false;
+}
+
+/*
+ * Take the range from the program and give it to the device.  The range
+ * is marked device-owned and unmapped under sess->lock, which the fault
+ * handler takes too, so no fault can map a page between the two.
+ */
+static int dmagate_submit_locked(struct dmagate_session *sess, struct dmagate_xfer *xfer,
+				 u64 param)
+{
+	struct dmagate_dev *dev = sess->dev;
+
+	if (sess->gone)
+		return -ENODEV;
+	if (!sess->npages)
+		return -ENOBUFS;
+	if (xfer->offset >= sess->length || xfer->length > sess->length - xfer->offset)
+		return -ERANGE;
+	xfer->first = xfer->offset >> PAGE_SHIFT;
+	xfer->last = DIV_ROUND_UP(xfer->offset + xfer->length, PAGE_SIZE);
+	if (dmagate_overlaps(sess, xfer->first, xfer->last))
+		return -EBUSY;
+
+	mutex_lock(&dev->hw_lock);
+	if (dev->hw_dead) {
+		mutex_unlock(&dev->hw_lock);
+		return -ENODEV;
+	}
+	if (dev->nposted == DMAGATE_SQ_ENTRIES - 1) {
+		mutex_unlock(&dev->hw_lock);
+		return -EAGAIN;
+	}
+	xfer->rec.seq = ++sess->next_seq;
+	list_add_tail(&xfer->node, &sess->inflight);
+	atomic_inc(&sess->ninflight);
+	unmap_mapping_range(sess->inode->i_mapping, (loff_t)xfer->first << PAGE_SHIFT,
+			    (loff_t)(xfer->last - xfer->first) << PAGE_SHIFT, 1);
+	atomic64_inc(&dev->stats.revocations);
+	dmagate_sync(xfer, true);
+	dmagate_hw_post(dev, xfer, xfer->op == DMAGATE_XFER_CHECKSUM ? 0 : param);
+	mutex_unlock(&dev->hw_lock);
+	atomic64_inc(&dev->stats.submits);
+	return 0;
+}
+
+static const enum dma_data_direction dmagate_directions[] = {
+	[DMAGATE_XFER_FILL] = DMA_FROM_DEVICE,
+	[DMAGATE_XFER_CHECKSUM] = DMA_TO_DEVICE,
+	[DMAGATE_XFER_TRANSFORM] = DMA_BIDIRECTIONAL,
+};
+
+static long dmagate_ioc_submit(struct dmagate_session *sess, void __user *uarg)
+{
+	struct dmagate_submit submit;
+	struct dmagate_xfer *xfer;
+	u32 usize;
+	int ret;
+
+	ret = dmagate_arg_in(&submit, sizeof(submit), uarg, &usize);
+	if (ret)
+		return ret;
+	if (submit.flags || submit.reserved ||
+	    submit.op < DMAGATE_XFER_FILL || submit.op > DMAGATE_XFER_TRANSFORM ||
+	    !PAGE_ALIGNED(submit.offset) || !submit.length)
+		return -EINVAL;
+
+	xfer = kzalloc(sizeof(*xfer), GFP_KERNEL);
+	if (!xfer)
+		return -ENOMEM;
+	INIT_LIST_HEAD(&xfer->posted);
+	xfer->sess = sess;
+	xfer->op = submit.op;
+	xfer->dir = dmagate_directions[submit.op];
+	xfer->offset = submit.offset;
+	xfer->length = submit.length;
+
+	mutex_lock(&sess->lock);
+	ret = dmagate_submit_locked(sess, xfer, submit.param);
+	mutex_unlock(&sess->lock);
+	if (ret) {
+		kfree(xfer);
+		return ret;
+	}
+	/* The transfer is the device's now; its record reaches read() anyway. */
+	submit.seq = xfer->rec.seq;
+	return dmagate_arg_out(uarg, &submit, sizeof(submit));
+}
+
+static struct dmagate_xfer *dmagate_find(struct list_head *list, u64 seq)
+{
+	struct dmagate_xfer *xfer;
+
+	list_for_each_entry(xfer, list, node)
+		if (!seq || xfer->rec.seq == seq)
+			return xfer;
+	return NULL;
+}
+
+/*
+ * Take the record of transfer @seq (0: the oldest), waiting up to
+ * @timeout jiffies for it.  Returns 0 and the record in @rec.
+ */
+static int dmagate_take_record(struct dmagate_session *sess, u64 seq, long timeout,
+			       struct dmagate_completion *rec)
+{
+	struct dmagate_xfer *xfer;
+	int seen, ret;
+
+	for (;;) {
+		mutex_lock(&sess->lock);
+		seen = atomic_read(&sess->events);
+		xfer = dmagate_find(&sess->done, seq);
+		if (xfer) {
+			list_del(&xfer->node);
+			mutex_unlock(&sess->lock);
+			*rec = xfer->rec;
+			kfree(xfer);
+			return 0;
+		}
+		if (sess->gone)
+			ret = -ENODEV;
+		else if (!dmagate_find(&sess->inflight, seq))
+			ret = -ENOENT;
+		else
+			ret = 0;
+		mutex_unlock(&sess->lock);
+		if (ret)
+			return ret;
+		timeout = wait_event_interruptible_timeout(sess->wq,
+							   atomic_read(&sess->events) != seen,
+							   timeout);
+		if (timeout < 0)
+			return -EINTR;
+		if (!timeout)
+			return -ETIMEDOUT;
+	}
+}
+
+static long dmagate_ioc_wait(struct dmagate_session *sess, void __user *uarg)
+{
+	struct dmagate_wait wait;
+	long timeout;
+	u32 usize;
+	int ret;
+
+	ret = dmagate_arg_in(&wait, sizeof(wait), uarg, &usize);
+	if (ret)
+		return ret;
+	if (wait.flags)
+		return -EINVAL;
+	timeout = wait.timeout_ns < 0 ? MAX_SCHEDULE_TIMEOUT :
+		  (long)min_t(u64, nsecs_to_jiffies64(wait.timeout_ns), MAX_SCHEDULE_TIMEOUT - 1);
+	ret = dmagate_take_record(sess, wait.seq, timeout, &wait.completion);
+	if (ret)
+		return ret;
+	return dmagate_arg_out(uarg, &wait, sizeof(wait));
+}
+
+static long dmagate_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct dmagate_session *sess = file->private_data;
+	void __user *uarg = (void __user *)arg;
+
+	/* The size in @cmd is the caller's; the structure's size field rules. */
+	if (_IOC_TYPE(cmd) != DMAGATE_IOC_MAGIC)
+		return -ENOTTY;
+	switch (_IOC_NR(cmd)) {
+	case _IOC_NR(DMAGATE_IOC_INFO):
+		return dmagate_ioc_info(sess, uarg);
+	case _IOC_NR(DMAGATE_IOC_ALLOC):
+		return dmagate_ioc_alloc(sess, uarg);
+	case _IOC_NR(DMAGATE_IOC_SUBMIT):
+		return dmagate_ioc_submit(sess, uarg);
+	case _IOC_NR(DMAGATE_IOC_WAIT):
+		return dmagate_ioc_wait(sess, uarg);
+	default:
+		return -ENOTTY;
+	}
+}
+
+/* ---- read, poll, open, release ------------------------------------------ */
+
+static ssize_t dmagate_read(struct file *file, char __user *buf, size_t count, loff_t *ppos)
+{
+	struct dmagate_session *sess = file->private_data;
+	struct dmagate_completion rec;
+	size_t done = 0;
+	int ret;
+
+	if (count < sizeof(rec))
+		return -EINVAL;
+	while (count - done >= sizeof(rec)) {
+		/* Block for the first record only. */
+		long timeout = done || (file->f_flags & O_NONBLOCK) ? 0 : MAX_SCHEDULE_TIMEOUT;
+
+		ret = dmagate_take_record(sess, 0, timeout, &rec);
+		if (ret == -ENOENT && !done && timeout) {
+			/* Nothing in flight: wait for a submit from elsewhere. */
+			int seen = atomic_read(&sess->events);
+
+			if (wait_event_interruptible(sess->wq,
+						     atomic_read(&sess->events) != seen ||
+						     READ_ONCE(sess->gone)))
+				return -ERESTARTSYS;
+			continue;
+		}
+		if (ret) {
+			if (done)
+				break;
+			return ret == -ETIMEDOUT || ret == -ENOENT ? -EAGAIN : ret;
+		}
+		if (copy_to_user(buf + done, &rec, sizeof(rec))) {
+			/* The record is lost to a bad buffer; say so. */
+			return done ? done : -EFAULT;
+		}
+		done += sizeof(rec);
+	}
+	return done;
+}
+
+static __poll_t dmagate_poll(struct file *file, poll_table *wait)
+{
+	struct dmagate_session *sess = file->private_data;
+	struct dmagate_xfer *xfer;
+	__poll_t mask = 0;
+
+	poll_wait(file, &sess->wq, wait);
+	mutex_lock(&sess->lock);
+	list_for_each_entry(xfer, &sess->done, node) {
+		mask |= EPOLLIN | EPOLLRDNORM;
+		if (xfer->rec.error)
+			mask |= EPOLLERR;
+	}
+	if (sess->gone)
+		mask |= EPOLLHUP;
+	mutex_unlock(&sess->lock);
+	return mask;
+}
+
+static int dmagate_open(struct inode *inode, struct file *file)
+{
+	struct dmagate_dev *dev = container_of(file->private_data, struct dmagate_dev, misc);
+	struct dmagate_session *sess;
+	int ret;
+
+	sess = kzalloc(sizeof(*sess), GFP_KERNEL);
+	if (!sess)
+		return -ENOMEM;
+	sess->inode = alloc_anon_inode(dmagate_mnt->mnt_sb);
+	if (IS_ERR(sess->inode)) {
+		ret = PTR_ERR(sess->inode);
+		goto err_free_session;
+	}
+	mutex_init(&sess->lock);
+	init_waitqueue_head(&sess->wq);
+	INIT_LIST_HEAD(&sess->inflight);
+	INIT_LIST_HEAD(&sess->done);
+	sess->dev = dev;
+
+	mutex_lock(&dev->sessions_lock);
+	if (dev->gone) {
+		mutex_unlock(&dev->sessions_lock);
+		ret = -ENODEV;
+		goto err_put_inode;
+	}
+	kref_get(&dev->ref);
+	list_add_tail(&sess->node, &dev->sessions);
+	mutex_unlock(&dev->sessions_lock);
+
+	/* Every mapping of this file links into the session's own mapping. */
+	file->f_mapping = sess->inode->i_mapping;
+	file->private_data = sess;
+	return nonseekable_open(inode, file);
+
+err_put_inode:
+	iput(sess->inode);
+err_free_session:
+	kfree(sess);
+	return ret;
+}
+
+/*
+ * The last reference to the file is gone, so are all its mappings.  The
+ * device may still write the buffer: wait for the transfers to finish (the
+ * watchdog bounds the wait) before freeing it.
+ */
+static int dmagate_release(struct inode *inode, struct file *file)
+{
+	struct dmagate_session *sess = file->private_data;
+	struct dmagate_dev *dev = sess->dev;
+	struct dmagate_xfer *xfer, *tmp;
+	bool wedged;
+
+	wait_event(sess->wq, !atomic_read(&sess->ninflight) || READ_ONCE(dev->wedged));
+
+	mutex_lock(&dev->sessions_lock);
+	list_del(&sess->node);
+	mutex_unlock(&dev->sessions_lock);
+
+	mutex_lock(&sess->lock);
+	wedged = !list_empty(&sess->inflight);
+	list_for_each_entry_safe(xfer, tmp, &sess->done, node) {
+		list_del(&xfer->node);
+		kfree(xfer);
+	}
+	if (wedged)
+		dev_crit(&dev->pdev->dev,
+			 "leaking a buffer a device that would not stop may still write\n");
+	else
+		dmagate_buffer_free(sess);
+	mutex_unlock(&sess->lock);
+
+	iput(sess->inode);
+	if (!wedged)
+		kfree(sess);
+	dmagate_dev_put(dev);
+	return 0;
+}
+
+static const struct file_operations dmagate_fops = {
+	.owner = THIS_MODULE,
+	.open = dmagate_open,
+	.release = dmagate_release,
+	.read = dmagate_read,
+	.poll = dmagate_poll,
+	.mmap = dmagate_mmap,
+	.unlocked_ioctl = dmagate_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+};
+
+/* ---- sysfs statistics: /sys/class/misc/dmagate<N>/stats/ --------------- */
+
+struct dmagate_stat_attr {
+	struct device_attribute attr;
+	size_t offset;			/* of an atomic64_t in struct dmagate_stats */
+};
+
+static ssize_t dmagate_stat_show(struct device *d, struct device_attribute *attr, char *buf)
+{
+	struct miscdevice *misc = dev_get_drvdata(d);
+	struct dmagate_dev *dev = container_of(misc, struct dmagate_dev, misc);
+	struct dmagate_stat_attr *stat = container_of(attr, struct dmagate_stat_attr, attr);
+	atomic64_t *counter = (void *)&dev->stats + stat->offset;
+
+	return sysfs_emit(buf, "%lld\n", atomic64_read(counter));
+}
+
+static struct dmagate_stat_attr dmagate_stat_attrs[] = {
+	{ __ATTR(submits, 0444, dmagate_stat_show, NULL),
+	  offsetof(struct dmagate_stats, submits) },
+	{ __ATTR(completions, 0444, dmagate_stat_show, NULL),
+	  offsetof(struct dmagate_stats, completions) },
+	{ __ATTR(errors, 0444, dmagate_stat_show, NULL),
+	  offsetof(struct dmagate_stats, errors) },
+	{ __ATTR(timeouts, 0444, dmagate_stat_show, NULL),
+	  offsetof(struct dmagate_stats, timeouts) },
+	{ __ATTR(revocations, 0444, dmagate_stat_show, NULL),
+	  offsetof(struct dmagate_stats, revocations) },
+	{ __ATTR(faults, 0444, dmagate_stat_show, NULL),
+	  offsetof(struct dmagate_stats, faults) },
+	{ __ATTR(sigbus, 0444, dmagate_stat_show, NULL),
+	  offsetof(struct dmagate_stats, sigbus) },
+};
+
+static struct attribute *dmagate_stats_attrs[] = {
+	&dmagate_stat_attrs[0].attr.attr,
+	&dmagate_stat_attrs[1].attr.attr,
+	&dmagate_stat_attrs[2].attr.attr,
+	&dmagate_stat_attrs[3].attr.attr,
+	&dmagate_stat_attrs[4].attr.attr,
+	&dmagate_stat_attrs[5].attr.attr,
+	&dmagate_stat_attrs[6].attr.attr,
+	NULL
+};
+
+static const struct attribute_group dmagate_stats_group = {
+	.name = "stats",
+	.attrs = dmagate_stats_attrs,
+};
+
+static const struct attribute_group *dmagate_groups[] = {
+	&dmagate_stats_group,
+	NULL
+};
+
+/* ---- PCI ---------------------------------------------------------------- */
+
+static int dmagate_alloc_rings(struct dmagate_dev *dev)
+{
+	struct device *dma_dev = dmagate_dma_dev(dev);
+	unsigned int i;
+
+	dev->sq = dmam_alloc_coherent(dma_dev, DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE,
+				      &dev->sq_dma, GFP_KERNEL);
+	dev->cq = dmam_alloc_coherent(dma_dev, DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE,
+				      &dev->cq_dma, GFP_KERNEL);
+	if (!dev->sq || !dev->cq)
+		return -ENOMEM;
+	for (i = 0; i < DMAGATE_SQ_ENTRIES; i++) {
+		dev->sgl[i] = dmam_alloc_coherent(dma_dev, DMAGATE_SGL_BYTES,
+						  &dev->sgl_dma[i], GFP_KERNEL);
+		if (!dev->sgl[i])
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static int dmagate_irq_types(void)
+{
+	if (sysfs_streq(irq_mode, "auto"))
+		return PCI_IRQ_MSIX | PCI_IRQ_MSI | PCI_IRQ_INTX;
+	if (sysfs_streq(irq_mode, "msix"))
+		return PCI_IRQ_MSIX;
+	if (sysfs_streq(irq_mode, "msi"))
+		return PCI_IRQ_MSI;
+	if (sysfs_streq(irq_mode, "intx"))
+		return PCI_IRQ_INTX;
+	return -EINVAL;
+}
+
+static const char *const dmagate_irq_names[] = {
+	[DMAGATE_IRQ_MSIX] = "MSI-X",
+	[DMAGATE_IRQ_MSI] = "MSI",
+	[DMAGATE_IRQ_INTX] = "INTx",
+};
+
+static void dmagate_free_irqs(struct dmagate_dev *dev)
+{
+	int i;
+
+	for (i = 0; i < dev->nvecs; i++)
+		free_irq(pci_irq_vector(dev->pdev, i), dev);
+	pci_free_irq_vectors(dev->pdev);
+	dev->nvecs = 0;
+}
+
+static int dmagate_setup_irqs(struct dmagate_dev *dev)
+{
+	struct pci_dev *pdev = dev->pdev;
+	int types = dmagate_irq_types();
+	int nvecs, i, ret;
+
+	if (types < 0)
+		return dev_err_probe(&pdev->dev, types,
+				     "irq_mode=%s: use auto, msix, msi or intx\n", irq_mode);
+	nvecs = pci_alloc_irq_vectors(pdev, 1, DMAGATE_MSIX_VECTORS, types);
+	if (nvecs < 0)
+		return dev_err_probe(&pdev->dev, nvecs, "no %s interrupts\n", irq_mode);
+	if (pdev->msix_enabled)
+		dev->irq_mode = DMAGATE_IRQ_MSIX;
+	else if (pdev->msi_enabled)
+		dev->irq_mode = DMAGATE_IRQ_MSI;
+	else
+		dev->irq_mode = DMAGATE_IRQ_INTX;
+
+	for (i = 0; i < nvecs; i++) {
+		ret = request_threaded_irq(pci_irq_vector(pdev, i), dmagate_irq,
+					   dmagate_irq_thread,
+					   IRQF_ONESHOT | (dev->irq_mode == DMAGATE_IRQ_INTX ?
+							   IRQF_SHARED : 0),
+					   dev->name, dev);
+		if (ret)
+			goto err_free_irqs;
+		dev->nvecs = i + 1;
+	}
+	return 0;
+
+err_free_irqs:
+	dmagate_free_irqs(dev);
+	return dev_err_probe(&pdev->dev, ret, "cannot request interrupt %d\n", i);
+}
 
 static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
-	void __iomem *regs;
-	u32 ident, version;
+	struct dmagate_dev *dev;
+	u32 ident;
 	int ret;
 
+	dev = kzalloc(sizeof(*dev), GFP_KERNEL);
+	if (!dev)
+		return -ENOMEM;
+	kref_init(&dev->ref);
+	dev->pdev = pci_dev_get(pdev);
+	mutex_init(&dev->sessions_lock);
+	mutex_init(&dev->hw_lock);
+	INIT_LIST_HEAD(&dev->sessions);
+	INIT_LIST_HEAD(&dev->posted);
+	INIT_DELAYED_WORK(&dev->watchdog, dmagate_watchdog);
+
 	ret = pcim_enable_device(pdev);
+	if (ret) {
+		dev_err_probe(&pdev->dev, ret, "cannot enable device\n");
+		goto err_put_dev;
+	}
+	ret = pcim_iomap_regions(pdev, BIT(DMAGATE_REGS_BAR), DRV_NAME);
+	if (ret) {
+		dev_err_probe(&pdev->dev, ret, "cannot map BAR0\n");
+		goto err_put_dev;
+	}
+	dev->regs = pcim_iomap_table(pdev)[DMAGATE_REGS_BAR];
+	ident = readl(dev->regs + DMAGATE_REG_ID);
+	if (ident != DMAGATE_ID_VALUE) {
+		ret = dev_err_probe(&pdev->dev, -ENODEV, "unexpected ID register 0x%08x\n", ident);
+		goto err_put_dev;
+	}
+	dev->version = readl(dev->regs + DMAGATE_REG_VERSION);
+
+	ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64));
 	if (ret)
-		return dev_err_probe(&pdev->dev, ret, "cannot enable device\n");
+		ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(32));
+	if (ret) {
+		dev_err_probe(&pdev->dev, ret, "no usable DMA mask\n");
+		goto err_put_dev;
+	}
+	ret = dmagate_alloc_rings(dev);
+	if (ret) {
+		dev_err_probe(&pdev->dev, ret, "cannot allocate the rings\n");
+		goto err_put_dev;
+	}
+	pci_set_master(pdev);
 
-	ret = pcim_iomap_regions(pdev, BIT(0), DRV_NAME);
+	ret = ida_alloc(&dmagate_ida, GFP_KERNEL);
+	if (ret < 0)
+		goto err_clear_master;
+	dev->id = ret;
+	snprintf(dev->name, sizeof(dev->name), DRV_NAME "%d", dev->id);
+
+	mutex_lock(&dev->hw_lock);
+	ret = dmagate_hw_reset(dev) ?: dmagate_hw_start(dev);
+	mutex_unlock(&dev->hw_lock);
+	if (ret) {
+		dev_err_probe(&pdev->dev, ret, "device does not start\n");
+		goto err_free_id;
+	}
+	ret = dmagate_setup_irqs(dev);
 	if (ret)
-		return dev_err_probe(&pdev->dev, ret, "cannot map BAR0\n");
-	regs = pcim_iomap_table(pdev)[0];
+		goto err_reset_device;
 
-	ident = ioread32(regs + DMAGATE_REG_ID);
-	if (ident != DMAGATE_ID_VALUE)
-		return dev_err_probe(&pdev->dev, -ENODEV,
-				     "unexpected ID register 0x%08x\n", ident);
-	version = ioread32(regs + DMAGATE_REG_VERSION);
-
+	dev->misc.minor = MISC_DYNAMIC_MINOR;
+	dev->misc.name = dev->name;
+	dev->misc.fops = &dmagate_fops;
+	dev->misc.parent = &pdev->dev;
+	dev->misc.groups = dmagate_groups;
+	dev->misc.mode = 0600;
+	ret = misc_register(&dev->misc);
+	if (ret) {
+		dev_err_probe(&pdev->dev, ret, "cannot register /dev/%s\n", dev->name);
+		goto err_free_irqs;
+	}
+	pci_set_drvdata(pdev, dev);
 	dev_info(&pdev->dev, "bound, device version %u.%u\n",
-		 version >> 16, version & 0xffff);
+		 dev->version >> 16, dev->version & 0xffff);
+	dev_info(&pdev->dev, "/dev/%s, %s interrupts\n", dev->name,
+		 dmagate_irq_names[dev->irq_mode]);
 	return 0;
+
+err_free_irqs:
+	dmagate_free_irqs(dev);
+err_reset_device:
+	dmagate_hw_reset(dev);
+err_free_id:
+	ida_free(&dmagate_ida, dev->id);
+err_clear_master:
+	pci_clear_master(pdev);
+err_put_dev:
+	dmagate_dev_put(dev);
+	return ret;
+}
+
+/*
+ * Unbind or hot-unplug, idle or mid-transfer, with buffers mapped: revoke
+ * every mapping, stop the device, fail what it held, and leave the open
+ * files to their owners (they see EPOLLHUP and ENODEV, and SIGBUS on a
+ * touch) until they close them.
+ */
+static void dmagate_remove(struct pci_dev *pdev)
+{
+	struct dmagate_dev *dev = pci_get_drvdata(pdev);
+	struct dmagate_session *sess;
+	LIST_HEAD(finished);
+
+	misc_deregister(&dev->misc);
+
+	mutex_lock(&dev->sessions_lock);
+	dev->gone = true;
+	list_for_each_entry(sess, &dev->sessions, node) {
+		mutex_lock(&sess->lock);
+		sess->gone = true;
+		unmap_mapping_range(sess->inode->i_mapping, 0, 0, 1);
+		atomic64_inc(&dev->stats.revocations);
+		mutex_unlock(&sess->lock);
+	}
+	mutex_unlock(&dev->sessions_lock);
+
+	mutex_lock(&dev->hw_lock);
+	if (dmagate_hw_reset(dev))
+		dev_warn(&pdev->dev, "device did not confirm its reset\n");
+	dev->hw_dead = true;
+	list_splice_init(&dev->posted, &finished);
+	dev->nposted = 0;
+	mutex_unlock(&dev->hw_lock);
+
+	/* No handler or watchdog runs past here. */
+	dmagate_free_irqs(dev);
+	cancel_delayed_work_sync(&dev->watchdog);
+	dmagate_finish_all(&finished, -ENODEV);
+
+	mutex_lock(&dev->sessions_lock);
+	list_for_each_entry(sess, &dev->sessions, node) {
+		mutex_lock(&sess->lock);
+		dmagate_buffer_unmap(sess);
+		atomic_inc(&sess->events);
+		mutex_unlock(&sess->lock);
+		wake_up_poll(&sess->wq, EPOLLHUP);
+	}
+	mutex_unlock(&dev->sessions_lock);
+
+	pci_clear_master(pdev);
+	ida_free(&dmagate_ida, dev->id);
+	dev_info(&pdev->dev, "removed\n");
+	dmagate_dev_put(dev);
 }
 
 static const struct pci_device_id dmagate_ids[] = {
@@ -50,8 +1444,61 @@ static struct pci_driver dmagate_driver = {
 	.name = DRV_NAME,
 	.id_table = dmagate_ids,
 	.probe = dmagate_probe,
+	.remove = dmagate_remove,
 };
-module_pci_driver(dmagate_driver);
 
-MODULE_DESCRIPTION("dmagate DMA test device driver");
+/*
+ * A private pseudo filesystem: one inode, one address_space per session.
+ * It has no .owner: mounting it would then pin this module for good; the
+ * open files pin the module instead, and their inodes go before it does.
+ */
+static int dmagate_init_fs_context(struct fs_context *fc)
+{
+	return init_pseudo(fc, DMAGATE_FS_MAGIC) ? 0 : -ENOMEM;
+}
+
+static struct file_system_type dmagate_fs_type = {
+	.name = DRV_NAME,
+	.init_fs_context = dmagate_init_fs_context,
+	.kill_sb = kill_anon_super,
+};
+
+static int __init dmagate_init(void)
+{
+	int ret;
+
+	if (max_buffer < (64UL << 20) || max_buffer > DMAGATE_MAX_XFER ||
+	    !PAGE_ALIGNED(max_buffer)) {
+		pr_err(DRV_NAME ": max_buffer=%lu: use 64 MiB .. 256 MiB, whole pages\n",
+		       max_buffer);
+		return -EINVAL;
+	}
+	if (!timeout_ms) {
+		pr_err(DRV_NAME ": timeout_ms must be at least 1\n");
+		return -EINVAL;
+	}
+	dmagate_mnt = kern_mount(&dmagate_fs_type);
+	if (IS_ERR(dmagate_mnt))
+		return PTR_ERR(dmagate_mnt);
+	ret = pci_register_driver(&dmagate_driver);
+	if (ret)
+		goto err_unmount;
+	return 0;
+
+err_unmount:
+	kern_unmount(dmagate_mnt);
+	return ret;
+}
+
+static void __exit dmagate_exit(void)
+{
+	pci_unregister_driver(&dmagate_driver);
+	kern_unmount(dmagate_mnt);
+	ida_destroy(&dmagate_ida);
+}
+
+module_init(dmagate_init);
+module_exit(dmagate_exit);
+
+MODULE_DESCRIPTION("dmagate DMA test device driver: user buffers revoked during DMA");
 MODULE_LICENSE("GPL");

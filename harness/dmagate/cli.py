@@ -7,6 +7,7 @@
     dmagate demo                 boot, show the device, report timings, shut down
     dmagate bench-boot -n N      boot N times; median boot-to-SSH time as JSON
     dmagate bench-device -n N    device FILL throughput (qtest) next to a host memcpy
+    dmagate bench-cycle -n N     submit -> interrupt -> wake -> first touch, 4 KiB and 4 MiB
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from dmagate.accel import resolve_accelerator
 from dmagate.devdriver import Dmagate
+from dmagate.devicefaults import device_faults
+from dmagate.guesttool import parse_line
 from dmagate.health import HealthWatch
 from dmagate.hwregs import HW
 from dmagate.manifest import Manifest, ManifestError
@@ -161,11 +164,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(listing.stdout.rstrip() or listing.stderr.rstrip())
         print("\n== the driver's log (dmesg)")
         print(vm.run("dmesg | grep -E 'dmagate'").stdout.rstrip())
+        protocol_ok = _demo_protocol(vm)
         health = watch.check()
         print("\n== kernel health:", "clean" if health.clean else health.describe())
         started = time.monotonic()
     print(f"\n== shut down cleanly in {time.monotonic() - started:.2f} s")
-    return 0 if listing.status == 0 and health.clean else 1
+    return 0 if listing.status == 0 and protocol_ok and health.clean else 1
+
+
+DEMO_STEPS = (
+    ("a FILL of 1 MiB, waited for with poll(), data checked against the pattern",
+     "xfer fill -s 1M -w poll"),
+    ("a touch of the buffer while the device owns it (the device made 300 ms slow)",
+     "touch fill --touch write --at 0x1234 -s 1M"),
+    ("a forked child touching it too", "touch transform --touch read --via child -s 1M"),
+    ("the driver's counters", None),
+)
+
+
+def _demo_protocol(vm: VM) -> bool:
+    """The ownership protocol, step by step, as dmagatectl reports it."""
+    ok = True
+    for title, args in DEMO_STEPS:
+        print(f"\n== {title}")
+        if args is None:
+            print(vm.run("grep . /sys/class/misc/dmagate0/stats/*").stdout.rstrip())
+            continue
+        print(f"$ dmagatectl {args}")
+        with device_faults(vm, **{"fault-extra-delay-ns": 300_000_000}):
+            result = vm.run(f"dmagatectl {args}", timeout=60)
+        print((result.stdout + result.stderr).rstrip())
+        ok = ok and result.status == 0
+    return ok
+
+
+def cmd_bench_cycle(args: argparse.Namespace) -> int:
+    """Cycle time (submit -> interrupt -> wake -> first touch) in a booted guest."""
+    paths = BuildPaths.discover()
+    results = []
+    with VM(_options(args, name="bench-cycle"), paths) as vm:
+        for size in ("4K", "4M"):
+            out = vm.run(f"dmagatectl cycle -s {size} -n {args.cycles}", timeout=600)
+            if out.status != 0:
+                raise SystemExit(f"dmagate bench-cycle: dmagatectl:\n{out.stdout}{out.stderr}")
+            fields = parse_line(out.stdout)
+            results.append({"size": size, **{k: int(v) for k, v in fields.items()
+                                             if k.endswith("_ns") or k == "cycles"}})
+            print(f"cycle {size}: median {int(fields['median_ns']) / 1000:.0f} us, "
+                  f"p90 {int(fields['p90_ns']) / 1000:.0f} us over {fields['cycles']} cycles "
+                  f"({vm.accel.name}, kernel {args.kernel})", flush=True)
+    text = json.dumps({"kernel": args.kernel, "results": results}, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
@@ -259,6 +311,10 @@ def parser() -> argparse.ArgumentParser:
     device.add_argument("-n", "--runs", type=int, default=5)
     device.add_argument("--out", type=Path)
     device.set_defaults(func=cmd_bench_device)
+    cycle = sub.add_parser("bench-cycle", help="driver cycle time in a guest, 4 KiB and 4 MiB")
+    cycle.add_argument("-n", "--cycles", type=int, default=500)
+    cycle.add_argument("--out", type=Path)
+    cycle.set_defaults(func=cmd_bench_cycle)
     return top
 
 

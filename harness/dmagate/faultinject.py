@@ -46,6 +46,7 @@ def fail_allocations(
     interval: int = 1,
     times: int | None = None,
     module: str | None = None,
+    armed_by_command: bool = False,
     timeout: float = 60.0,
 ) -> FaultResult:
     """Run ``command`` with allocations failing in its task only.
@@ -56,6 +57,10 @@ def fail_allocations(
     that allocates while the module's code runs can take a failure too
     (seen on the debug kernel under TCG), so ``injected`` counts what was
     injected, not only what the command saw.
+
+    With ``armed_by_command`` the command sets /proc/thread-self/make-it-fail
+    itself around the one step it wants to fail (``dmagatectl --fail-at``),
+    so failures hit that step and nothing before it.
     """
     attr = f"{DEBUGFS}/{KINDS[kind]}"
     budget = UNLIMITED if times is None else times
@@ -74,10 +79,10 @@ def fail_allocations(
     vm.run(setup, check=True)
     try:
         # Only this shell, and what it execs, has make-it-fail set.
-        result = vm.run(
-            f"sh -c {shlex.quote(f'echo 1 > /proc/self/make-it-fail && exec {command}')}",
-            timeout=timeout,
+        wrapped = command if armed_by_command else (
+            f"sh -c {shlex.quote(f'echo 1 > /proc/self/make-it-fail && exec {command}')}"
         )
+        result = vm.run(wrapped, timeout=timeout)
     finally:
         remaining = int(vm.run(f"cat {attr}/times", check=True).stdout)
         reset = {"probability": 0, "times": 1, "task-filter": "N"}

@@ -7,8 +7,6 @@
  * only what the caller has, treats missing trailing fields as zero, and
  * refuses non-zero bytes it does not understand (E2BIG). Unknown flags:
  * EINVAL. Reserved fields: must be zero (EINVAL).
- *
- * Status: the interface the driver is being built to; see docs/driver.md.
  */
 #ifndef _UAPI_DMAGATE_H
 #define _UAPI_DMAGATE_H
@@ -62,7 +60,7 @@ struct dmagate_submit {
 /* What read() returns, one record per finished transfer, in order. */
 struct dmagate_completion {
 	__u64 seq;		/* the submit's sequence number */
-	__s32 error;		/* 0, or a negative errno (EIO, ETIMEDOUT, ENODEV) */
+	__s32 error;		/* 0, or -EIO (device error), -ETIMEDOUT (watchdog), -ENODEV (gone) */
 	__u32 device_status;	/* the completion record's status code */
 	__u64 bytes;		/* bytes the device processed */
 	__u32 crc;		/* CRC-32 the device computed */

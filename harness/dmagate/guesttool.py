@@ -1,0 +1,78 @@
+"""Running ``dmagatectl`` in the guest and reading what it printed.
+
+The tool prints ``key=value`` pairs, one line per event
+(guest-driver/tools/dmagatectl.c); its exit status says whether the
+outcome was the expected one. The driver's counters live in
+/sys/class/misc/dmagate<N>/stats/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dmagate.vm import VM
+
+STAT_NAMES = ("submits", "completions", "errors", "timeouts", "revocations", "faults", "sigbus")
+
+# Exit statuses of dmagatectl.
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_SYSCALL = 3
+EXIT_XFER_ERROR = 4
+
+
+def parse_line(line: str) -> dict[str, str]:
+    """``a=1 b=x`` -> {"a": "1", "b": "x"}; bare words map to ""."""
+    fields: dict[str, str] = {}
+    for word in line.split():
+        key, _, value = word.partition("=")
+        fields[key] = value
+    return fields
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    command: str
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[dict[str, str]]:
+        return [parse_line(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def merged(self) -> dict[str, str]:
+        """Every key the tool printed; a later line wins."""
+        out: dict[str, str] = {}
+        for fields in self.lines:
+            out |= fields
+        return out
+
+    def __getitem__(self, key: str) -> str:
+        merged = self.merged()
+        if key not in merged:
+            raise KeyError(f"{key!r} not printed by `{self.command}`:\n{self.describe()}")
+        return merged[key]
+
+    def describe(self) -> str:
+        return f"exit {self.status}\nstdout:\n{self.stdout}stderr:\n{self.stderr}"
+
+
+def dmagatectl(vm: VM, args: str, timeout: float = 60.0) -> ToolRun:
+    command = f"dmagatectl {args}"
+    status, out, err = vm.run(command, timeout=timeout)
+    return ToolRun(command, status, out, err)
+
+
+def driver_stats(vm: VM, device: int = 0) -> dict[str, int]:
+    base = f"/sys/class/misc/dmagate{device}/stats"
+    out = vm.run(f"cd {base} && grep . {' '.join(STAT_NAMES)}", check=True).stdout
+    stats = {}
+    for line in out.splitlines():
+        name, _, value = line.partition(":")
+        stats[name] = int(value)
+    return stats
+
+
+def stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before[name] for name in before}
