@@ -29,7 +29,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildutil import BuildError, candidate, depends, download, installed_version, run, sha256_file
+from buildutil import (
+    BuildError,
+    candidate,
+    depends,
+    download,
+    installed_version,
+    run,
+    run_both,
+    sha256_file,
+)
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from debug_kernel import DEBUG_FLAVOUR, debug_kernel
@@ -40,6 +49,9 @@ from dmagate.manifest import FileOutput, Manifest, PackageInput
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GUEST_DRIVER = ROOT / "guest-driver"
+# A compiler warning about a source file (not Kbuild's own chatter).
+COMPILER_WARNING = re.compile(r"\.[ch]:\d+:\d+: warning:")
+CHECKPATCH_SOURCES = (GUEST_DRIVER / "dmagate.c", GUEST_DRIVER / "include/uapi/dmagate.h")
 
 # Metapackages that track each flavour. The 6.1 ones are pinned to
 # bookworm's own series by apt's default priorities (backports carry 6.12).
@@ -81,6 +93,8 @@ class KernelInputs:
     elf: Path | None  # the ELF kernel itself
     config: Path
     packages: tuple[PackageInput, ...]
+    # The kernel's own scripts/checkpatch.pl, where the flavour has a full tree.
+    checkpatch: Path | None = None
 
 
 def resolve_kernel(flavour: str) -> KernelPackages:
@@ -135,8 +149,25 @@ def build_modules(kdir: Path, out: Path) -> list[Path]:
     shutil.copytree(
         GUEST_DRIVER, build, ignore=shutil.ignore_patterns("*.o", "*.ko", "*.mod*", ".*", "tools")
     )
-    run(["make", "-C", kdir, f"M={build}", "W=1", "modules", f"-j{os.cpu_count() or 1}"])
+    _, log = run_both(
+        ["make", "-C", kdir, f"M={build}", "W=1", "modules", f"-j{os.cpu_count() or 1}"]
+    )
+    # The driver is held to a warning-free W=1 build on every kernel flavour.
+    warnings = [line for line in log.splitlines() if COMPILER_WARNING.search(line)]
+    if warnings:
+        raise BuildError("guest-driver: the W=1 build warns:\n" + "\n".join(warnings))
     return sorted(build.rglob("*.ko"))
+
+
+def check_style(checkpatch: Path) -> None:
+    """The driver is clean under the kernel's checkpatch.pl --strict."""
+    for source in CHECKPATCH_SOURCES:
+        proc = subprocess.run(
+            ["perl", str(checkpatch), "--strict", "--no-tree", "--terse", "-f", str(source)],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            raise BuildError(f"checkpatch.pl --strict {source.name}:\n{proc.stdout}")
 
 
 def build_tools(out: Path) -> list[Path]:
@@ -377,6 +408,8 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
 
     modules = build_modules(kernel.kdir, out)
+    if kernel.checkpatch is not None:
+        check_style(kernel.checkpatch)
     tools = build_tools(out)
     if driver_only:
         return None

@@ -14,6 +14,11 @@ class BuildError(RuntimeError):
 
 
 def run(cmd: Sequence[str | Path], cwd: Path | None = None) -> str:
+    return run_both(cmd, cwd)[0]
+
+
+def run_both(cmd: Sequence[str | Path], cwd: Path | None = None) -> tuple[str, str]:
+    """Run ``cmd``; (stdout, stderr), or BuildError with both if it fails."""
     proc = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, check=False
     )
@@ -22,7 +27,7 @@ def run(cmd: Sequence[str | Path], cwd: Path | None = None) -> str:
             f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
             f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
         )
-    return proc.stdout
+    return proc.stdout, proc.stderr
 
 
 def sha256_file(path: Path) -> str:

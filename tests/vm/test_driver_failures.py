@@ -50,6 +50,7 @@ def test_dma_error_completes_with_eio_and_regrants(vm: VM) -> None:
     assert int(xfer["error"]) == -EIO and int(xfer["status"]) == HW["ST_DMA_ERROR"]
     assert int(xfer["bytes"]) == 64 * 1024
     assert run["after"] == "ok", "pages of a failed transfer are given back"
+    assert set(run["revents"].split("|")) == {"IN", "ERR"}
     assert stats_delta(before, driver_stats(vm))["errors"] == 1
     still_works(vm)
 

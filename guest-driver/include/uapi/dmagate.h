@@ -60,7 +60,7 @@ struct dmagate_submit {
 /* What read() returns, one record per finished transfer, in order. */
 struct dmagate_completion {
 	__u64 seq;		/* the submit's sequence number */
-	__s32 error;		/* 0, or -EIO (device error), -ETIMEDOUT (watchdog), -ENODEV (gone) */
+	__s32 error;		/* 0, -EIO, -ETIMEDOUT (watchdog) or -ENODEV */
 	__u32 device_status;	/* the completion record's status code */
 	__u64 bytes;		/* bytes the device processed */
 	__u32 crc;		/* CRC-32 the device computed */
