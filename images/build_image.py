@@ -93,8 +93,6 @@ class KernelInputs:
     elf: Path | None  # the ELF kernel itself
     config: Path
     packages: tuple[PackageInput, ...]
-    # The kernel's own scripts/checkpatch.pl, where the flavour has a full tree.
-    checkpatch: Path | None = None
 
 
 def resolve_kernel(flavour: str) -> KernelPackages:
@@ -408,8 +406,10 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
 
     modules = build_modules(kernel.kdir, out)
-    if kernel.checkpatch is not None:
-        check_style(kernel.checkpatch)
+    # A kernel built here from its full source (debug) brings its checkpatch.pl.
+    checkpatch = kernel.kdir / "source/scripts/checkpatch.pl"
+    if checkpatch.exists():
+        check_style(checkpatch)
     tools = build_tools(out)
     if driver_only:
         return None

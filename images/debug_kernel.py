@@ -112,5 +112,4 @@ def debug_kernel(cache: Path) -> KernelInputs:
         elf=build / "vmlinux",
         config=build / ".config",
         packages=(PackageInput(SOURCE_PACKAGE, version, sha256_file(deb)),),
-        checkpatch=src / "scripts/checkpatch.pl",
     )
