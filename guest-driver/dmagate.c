@@ -137,6 +137,7 @@ struct dmagate_dev {
 };
 
 struct dmagate_session {
+	struct kref ref;		/* the file's, and one per transfer in flight */
 	struct dmagate_dev *dev;
 	struct list_head node;		/* on dev->sessions */
 	struct inode *inode;		/* its i_mapping holds every mapping */
@@ -174,6 +175,8 @@ struct dmagate_xfer {
 	struct dmagate_completion rec;
 };
 
+static void dmagate_buffer_free(struct dmagate_session *sess);
+
 static void dmagate_dev_release(struct kref *ref)
 {
 	struct dmagate_dev *dev = container_of(ref, struct dmagate_dev, ref);
@@ -190,6 +193,29 @@ static void dmagate_dev_put(struct dmagate_dev *dev)
 static struct device *dmagate_dma_dev(struct dmagate_dev *dev)
 {
 	return &dev->pdev->dev;
+}
+
+/* The file is closed and no transfer holds the buffer any more. */
+static void dmagate_session_release(struct kref *ref)
+{
+	struct dmagate_session *sess = container_of(ref, struct dmagate_session, ref);
+	struct dmagate_xfer *xfer, *tmp;
+
+	list_for_each_entry_safe(xfer, tmp, &sess->done, node) {
+		list_del(&xfer->node);
+		kfree(xfer);
+	}
+	mutex_lock(&sess->lock);
+	dmagate_buffer_free(sess);
+	mutex_unlock(&sess->lock);
+	iput(sess->inode);
+	dmagate_dev_put(sess->dev);
+	kfree(sess);
+}
+
+static void dmagate_session_put(struct dmagate_session *sess)
+{
+	kref_put(&sess->ref, dmagate_session_release);
 }
 
 /* ---- The hardware: rings, reset, posting, reaping ---------------------- */
@@ -224,10 +250,14 @@ static void dmagate_write_ring_base(struct dmagate_dev *dev, u32 lo_reg, dma_add
 static int dmagate_hw_reset(struct dmagate_dev *dev)
 {
 	u32 status;
+	int ret;
 
 	writel(DMAGATE_CTRL_RESET, dev->regs + DMAGATE_REG_CTRL);
-	return readl_poll_timeout(dev->regs + DMAGATE_REG_STATUS, status,
-				  status == 0 || status == U32_MAX, 10, 100000);
+	ret = readl_poll_timeout(dev->regs + DMAGATE_REG_STATUS, status,
+				 status == 0 || status == U32_MAX, 10, 100000);
+	if (!ret && status == U32_MAX && pci_device_is_present(dev->pdev))
+		ret = -EIO;	/* there, but not answering: not proof it stopped */
+	return ret;
 }
 
 /* Program the rings and enable; the device must be reset. hw_lock held. */
@@ -427,21 +457,25 @@ static void dmagate_xfer_finish(struct dmagate_xfer *xfer)
 {
 	struct dmagate_session *sess = xfer->sess;
 	struct dmagate_stats *stats = &sess->dev->stats;
+	int error = xfer->rec.error;
 
 	mutex_lock(&sess->lock);
 	if (sess->dma_mapped)
 		dmagate_sync(xfer, false);
+	/* From here a reader may take and free @xfer. */
 	list_move_tail(&xfer->node, &sess->done);
 	atomic_dec(&sess->ninflight);
 	atomic_inc(&sess->events);
 	mutex_unlock(&sess->lock);
 
 	atomic64_inc(&stats->completions);
-	if (xfer->rec.error)
+	if (error)
 		atomic64_inc(&stats->errors);
-	if (xfer->rec.error == -ETIMEDOUT)
+	if (error == -ETIMEDOUT)
 		atomic64_inc(&stats->timeouts);
-	wake_up_poll(&sess->wq, EPOLLIN | EPOLLRDNORM | (xfer->rec.error ? EPOLLERR : 0));
+	wake_up_poll(&sess->wq, EPOLLIN | EPOLLRDNORM | (error ? EPOLLERR : 0));
+	/* The transfer's reference: the session may go now. */
+	dmagate_session_put(sess);
 }
 
 static void dmagate_finish_all(struct list_head *finished, int error)
@@ -526,6 +560,8 @@ static void dmagate_watchdog(struct work_struct *work)
 	error = dev->halted ? -EIO : -ETIMEDOUT;
 	dev_warn(&dev->pdev->dev, "%s: resetting the device (%u transfers in flight)\n",
 		 dev->halted ? "device halted" : "transfer timed out", dev->nposted);
+	/* Bus mastering off first: a transfer stops at once (docs/device.md, 5). */
+	pci_clear_master(dev->pdev);
 	if (dmagate_hw_reset(dev)) {
 		/* It may still write: its pages stay revoked and are never freed. */
 		dev_err(&dev->pdev->dev, "device did not stop; its buffers stay revoked\n");
@@ -537,6 +573,7 @@ static void dmagate_watchdog(struct work_struct *work)
 	}
 	list_splice_init(&dev->posted, &finished);
 	dev->nposted = 0;
+	pci_set_master(dev->pdev);
 	if (dmagate_hw_start(dev))
 		dev->hw_dead = true;
 	mutex_unlock(&dev->hw_lock);
@@ -716,7 +753,8 @@ static int dmagate_mmap(struct file *file, struct vm_area_struct *vma)
 	struct dmagate_session *sess = file->private_data;
 	int ret = 0;
 
-	if (!(vma->vm_flags & VM_SHARED))
+	/* MAP_SHARED only (VM_MAYSHARE: a read-only MAP_SHARED has no VM_SHARED). */
+	if (!(vma->vm_flags & VM_MAYSHARE))
 		return -EINVAL;
 	mutex_lock(&sess->lock);
 	if (sess->gone)
@@ -753,6 +791,8 @@ static int dmagate_arg_in(void *karg, size_t ksize, const void __user *uarg, u32
 		return -EFAULT;
 	if (*usize < ksize)
 		return -EINVAL;
+	if (*usize > PAGE_SIZE)
+		return -E2BIG;	/* as clone3() and openat2() */
 	return copy_struct_from_user(karg, ksize, uarg, *usize);
 }
 
@@ -819,7 +859,7 @@ static bool dmagate_overlaps(struct dmagate_session *sess, pgoff_t first, pgoff_
  * handler takes too, so no fault can map a page between the two.
  */
 static int dmagate_submit_locked(struct dmagate_session *sess, struct dmagate_xfer *xfer,
-				 u64 param)
+				 u64 param, u64 *seq)
 {
 	struct dmagate_dev *dev = sess->dev;
 
@@ -843,7 +883,8 @@ static int dmagate_submit_locked(struct dmagate_session *sess, struct dmagate_xf
 		mutex_unlock(&dev->hw_lock);
 		return -EAGAIN;
 	}
-	xfer->rec.seq = ++sess->next_seq;
+	*seq = xfer->rec.seq = ++sess->next_seq;
+	kref_get(&sess->ref);
 	list_add_tail(&xfer->node, &sess->inflight);
 	atomic_inc(&sess->ninflight);
 	unmap_mapping_range(sess->inode->i_mapping, (loff_t)xfer->first << PAGE_SHIFT,
@@ -888,14 +929,13 @@ static long dmagate_ioc_submit(struct dmagate_session *sess, void __user *uarg)
 	xfer->length = submit.length;
 
 	mutex_lock(&sess->lock);
-	ret = dmagate_submit_locked(sess, xfer, submit.param);
+	ret = dmagate_submit_locked(sess, xfer, submit.param, &submit.seq);
 	mutex_unlock(&sess->lock);
 	if (ret) {
 		kfree(xfer);
 		return ret;
 	}
-	/* The transfer is the device's now; its record reaches read() anyway. */
-	submit.seq = xfer->rec.seq;
+	/* @xfer is the device's now; its record reaches read() even if this fails. */
 	return dmagate_arg_out(uarg, &submit, sizeof(submit));
 }
 
@@ -910,47 +950,57 @@ static struct dmagate_xfer *dmagate_find(struct list_head *list, u64 seq)
 }
 
 /*
- * Take the record of transfer @seq (0: the oldest), waiting up to
- * @timeout jiffies for it.  Returns 0 and the record in @rec.
+ * Take the record of transfer @seq (0: the oldest) off the done list,
+ * waiting up to @timeout jiffies for it; with @idle_ok, wait even while
+ * nothing is in flight (a blocking read()). The caller owns *@out: it
+ * frees it, or hands it back with dmagate_untake_record().
  */
 static int dmagate_take_record(struct dmagate_session *sess, u64 seq, long timeout,
-			       struct dmagate_completion *rec)
+			       bool idle_ok, struct dmagate_xfer **out)
 {
 	struct dmagate_xfer *xfer;
 	int seen, ret;
 
 	for (;;) {
+		ret = 0;
 		mutex_lock(&sess->lock);
+		/* Sampled under the lock that completions take: no wakeup is lost. */
 		seen = atomic_read(&sess->events);
 		xfer = dmagate_find(&sess->done, seq);
-		if (xfer) {
+		if (xfer)
 			list_del(&xfer->node);
-			mutex_unlock(&sess->lock);
-			*rec = xfer->rec;
-			kfree(xfer);
+		else if (sess->gone)
+			ret = -ENODEV;
+		else if (!idle_ok && !dmagate_find(&sess->inflight, seq))
+			ret = -ENOENT;
+		mutex_unlock(&sess->lock);
+		if (xfer) {
+			*out = xfer;
 			return 0;
 		}
-		if (sess->gone)
-			ret = -ENODEV;
-		else if (!dmagate_find(&sess->inflight, seq))
-			ret = -ENOENT;
-		else
-			ret = 0;
-		mutex_unlock(&sess->lock);
 		if (ret)
 			return ret;
 		timeout = wait_event_interruptible_timeout(sess->wq,
 							   atomic_read(&sess->events) != seen,
 							   timeout);
 		if (timeout < 0)
-			return -EINTR;
+			return -ERESTARTSYS;
 		if (!timeout)
 			return -ETIMEDOUT;
 	}
 }
 
+/* A record that could not be copied out goes back, still the oldest. */
+static void dmagate_untake_record(struct dmagate_session *sess, struct dmagate_xfer *xfer)
+{
+	mutex_lock(&sess->lock);
+	list_add(&xfer->node, &sess->done);
+	mutex_unlock(&sess->lock);
+}
+
 static long dmagate_ioc_wait(struct dmagate_session *sess, void __user *uarg)
 {
+	struct dmagate_xfer *xfer;
 	struct dmagate_wait wait;
 	long timeout;
 	u32 usize;
@@ -961,12 +1011,20 @@ static long dmagate_ioc_wait(struct dmagate_session *sess, void __user *uarg)
 		return ret;
 	if (wait.flags)
 		return -EINVAL;
+	/* Rounded up: a short timeout still waits one tick. */
 	timeout = wait.timeout_ns < 0 ? MAX_SCHEDULE_TIMEOUT :
-		  (long)min_t(u64, nsecs_to_jiffies64(wait.timeout_ns), MAX_SCHEDULE_TIMEOUT - 1);
-	ret = dmagate_take_record(sess, wait.seq, timeout, &wait.completion);
+		  (long)min_t(u64, DIV_ROUND_UP_ULL(wait.timeout_ns, TICK_NSEC),
+			      MAX_SCHEDULE_TIMEOUT - 1);
+	ret = dmagate_take_record(sess, wait.seq, timeout, false, &xfer);
 	if (ret)
-		return ret;
-	return dmagate_arg_out(uarg, &wait, sizeof(wait));
+		return ret == -ERESTARTSYS ? -EINTR : ret;
+	wait.completion = xfer->rec;
+	ret = dmagate_arg_out(uarg, &wait, sizeof(wait));
+	if (ret)
+		dmagate_untake_record(sess, xfer);
+	else
+		kfree(xfer);
+	return ret;
 }
 
 static long dmagate_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -996,37 +1054,28 @@ static long dmagate_ioctl(struct file *file, unsigned int cmd, unsigned long arg
 static ssize_t dmagate_read(struct file *file, char __user *buf, size_t count, loff_t *ppos)
 {
 	struct dmagate_session *sess = file->private_data;
-	struct dmagate_completion rec;
+	struct dmagate_xfer *xfer;
 	size_t done = 0;
+	bool block;
 	int ret;
 
-	if (count < sizeof(rec))
+	if (count < sizeof(struct dmagate_completion))
 		return -EINVAL;
-	while (count - done >= sizeof(rec)) {
+	while (count - done >= sizeof(struct dmagate_completion)) {
 		/* Block for the first record only. */
-		long timeout = done || (file->f_flags & O_NONBLOCK) ? 0 : MAX_SCHEDULE_TIMEOUT;
-
-		ret = dmagate_take_record(sess, 0, timeout, &rec);
-		if (ret == -ENOENT && !done && timeout) {
-			/* Nothing in flight: wait for a submit from elsewhere. */
-			int seen = atomic_read(&sess->events);
-
-			if (wait_event_interruptible(sess->wq,
-						     atomic_read(&sess->events) != seen ||
-						     READ_ONCE(sess->gone)))
-				return -ERESTARTSYS;
-			continue;
-		}
+		block = !done && !(file->f_flags & O_NONBLOCK);
+		ret = dmagate_take_record(sess, 0, block ? MAX_SCHEDULE_TIMEOUT : 0, block, &xfer);
 		if (ret) {
 			if (done)
 				break;
 			return ret == -ETIMEDOUT || ret == -ENOENT ? -EAGAIN : ret;
 		}
-		if (copy_to_user(buf + done, &rec, sizeof(rec))) {
-			/* The record is lost to a bad buffer; say so. */
+		if (copy_to_user(buf + done, &xfer->rec, sizeof(struct dmagate_completion))) {
+			dmagate_untake_record(sess, xfer);
 			return done ? done : -EFAULT;
 		}
-		done += sizeof(rec);
+		kfree(xfer);
+		done += sizeof(struct dmagate_completion);
 	}
 	return done;
 }
@@ -1064,6 +1113,7 @@ static int dmagate_open(struct inode *inode, struct file *file)
 		ret = PTR_ERR(sess->inode);
 		goto err_free_session;
 	}
+	kref_init(&sess->ref);
 	mutex_init(&sess->lock);
 	init_waitqueue_head(&sess->wq);
 	INIT_LIST_HEAD(&sess->inflight);
@@ -1094,39 +1144,31 @@ err_free_session:
 
 /*
  * The last reference to the file is gone, so are all its mappings.  The
- * device may still write the buffer: wait for the transfers to finish (the
- * watchdog bounds the wait) before freeing it.
+ * device may still write the buffer: wait for its transfers to finish (the
+ * watchdog bounds the wait), so that close, exit and SIGKILL return with
+ * the device done.  Only a device that would not stop (wedged) keeps its
+ * transfers, their references, and so the buffer, for good.
  */
 static int dmagate_release(struct inode *inode, struct file *file)
 {
 	struct dmagate_session *sess = file->private_data;
 	struct dmagate_dev *dev = sess->dev;
-	struct dmagate_xfer *xfer, *tmp;
-	bool wedged;
 
 	wait_event(sess->wq, !atomic_read(&sess->ninflight) || READ_ONCE(dev->wedged));
 
+	/* Under sessions_lock, so that remove() either sees it or is done with it. */
 	mutex_lock(&dev->sessions_lock);
+	mutex_lock(&sess->lock);
+	if (list_empty(&sess->inflight))
+		dmagate_buffer_unmap(sess);
+	else
+		dev_crit(&dev->pdev->dev,
+			 "leaking a buffer a device that would not stop may still write\n");
+	mutex_unlock(&sess->lock);
 	list_del(&sess->node);
 	mutex_unlock(&dev->sessions_lock);
 
-	mutex_lock(&sess->lock);
-	wedged = !list_empty(&sess->inflight);
-	list_for_each_entry_safe(xfer, tmp, &sess->done, node) {
-		list_del(&xfer->node);
-		kfree(xfer);
-	}
-	if (wedged)
-		dev_crit(&dev->pdev->dev,
-			 "leaking a buffer a device that would not stop may still write\n");
-	else
-		dmagate_buffer_free(sess);
-	mutex_unlock(&sess->lock);
-
-	iput(sess->inode);
-	if (!wedged)
-		kfree(sess);
-	dmagate_dev_put(dev);
+	dmagate_session_put(sess);
 	return 0;
 }
 
@@ -1256,7 +1298,13 @@ static int dmagate_setup_irqs(struct dmagate_dev *dev)
 	if (types < 0)
 		return dev_err_probe(&pdev->dev, types,
 				     "irq_mode=%s: use auto, msix, msi or intx\n", irq_mode);
-	nvecs = pci_alloc_irq_vectors(pdev, 1, DMAGATE_MSIX_VECTORS, types);
+	/* MSI-X with both vectors (the error cause has its own), else one vector. */
+	nvecs = -ENOSPC;
+	if (types & PCI_IRQ_MSIX)
+		nvecs = pci_alloc_irq_vectors(pdev, DMAGATE_MSIX_VECTORS, DMAGATE_MSIX_VECTORS,
+					      PCI_IRQ_MSIX);
+	if (nvecs < 0 && (types & ~PCI_IRQ_MSIX))
+		nvecs = pci_alloc_irq_vectors(pdev, 1, 1, types & ~PCI_IRQ_MSIX);
 	if (nvecs < 0)
 		return dev_err_probe(&pdev->dev, nvecs, "no %s interrupts\n", irq_mode);
 	if (pdev->msix_enabled)
@@ -1391,6 +1439,7 @@ static void dmagate_remove(struct pci_dev *pdev)
 	struct dmagate_dev *dev = pci_get_drvdata(pdev);
 	struct dmagate_session *sess;
 	LIST_HEAD(finished);
+	bool stopped;
 
 	misc_deregister(&dev->misc);
 
@@ -1406,12 +1455,19 @@ static void dmagate_remove(struct pci_dev *pdev)
 	mutex_unlock(&dev->sessions_lock);
 
 	mutex_lock(&dev->hw_lock);
-	if (dmagate_hw_reset(dev))
-		dev_warn(&pdev->dev, "device did not confirm its reset\n");
+	/* Bus mastering off first: a transfer stops at once (docs/device.md, 5). */
+	pci_clear_master(pdev);
+	stopped = !dev->wedged && !dmagate_hw_reset(dev);
 	dev->hw_dead = true;
-	list_splice_init(&dev->posted, &finished);
-	dev->nposted = 0;
+	if (stopped) {
+		list_splice_init(&dev->posted, &finished);
+		dev->nposted = 0;
+	} else {
+		WRITE_ONCE(dev->wedged, true);
+	}
 	mutex_unlock(&dev->hw_lock);
+	if (!stopped)
+		dev_crit(&pdev->dev, "device did not stop: its buffers stay revoked, never freed\n");
 
 	/* No handler or watchdog runs past here. */
 	dmagate_free_irqs(dev);
@@ -1421,14 +1477,14 @@ static void dmagate_remove(struct pci_dev *pdev)
 	mutex_lock(&dev->sessions_lock);
 	list_for_each_entry(sess, &dev->sessions, node) {
 		mutex_lock(&sess->lock);
-		dmagate_buffer_unmap(sess);
+		if (list_empty(&sess->inflight))
+			dmagate_buffer_unmap(sess);
 		atomic_inc(&sess->events);
 		mutex_unlock(&sess->lock);
 		wake_up_poll(&sess->wq, EPOLLHUP);
 	}
 	mutex_unlock(&dev->sessions_lock);
 
-	pci_clear_master(pdev);
 	ida_free(&dmagate_ida, dev->id);
 	dev_info(&pdev->dev, "removed\n");
 	dmagate_dev_put(dev);
