@@ -102,6 +102,10 @@ static const char usage[] =
 "  --fail-at open|alloc|mmap|submit\n"
 "              set /proc/thread-self/make-it-fail around that step only;\n"
 "              if it fails print failed_step=STEP errno=NAME, exit 3\n"
+"  --fail-nth N\n"
+"              write N to /proc/thread-self/fail-nth before open(): the\n"
+"              Nth allocation the kernel's fault filters let through fails;\n"
+"              at exit print fail_nth_left=K (K > 0: nothing was failed)\n"
 "exit: 0 ok, 1 verification failed, 2 usage, 3 syscall failed,\n"
 "      4 transfer completed with an error\n";
 
@@ -121,6 +125,7 @@ struct opts {
 	int via;
 	int idle, no_child, verify, close_mid;
 	int fail_at;		/* STEP_*: arm make-it-fail around that step */
+	uint64_t fail_nth;	/* --fail-nth: 0, or the allocation to fail */
 };
 
 /* The session steps --fail-at can make fail (fault injection). */
@@ -432,6 +437,8 @@ static int parse_option(struct opts *o, int argc, char **argv, int *i)
 	} else if (!strcmp(opt, "--outside")) {
 		ok = parse_u64(val, &o->outside, 1);
 		o->outside_set = 1;
+	} else if (!strcmp(opt, "--fail-nth")) {
+		ok = parse_u64(val, &o->fail_nth, 0) || !o->fail_nth || o->fail_nth > INT_MAX;
 	} else if (!strcmp(opt, "--fail-at")) {
 		o->fail_at = parse_word(val, step_names, 5);
 		ok = o->fail_at <= STEP_NONE;
@@ -711,12 +718,44 @@ static uint8_t *map_buffer(int fd, uint64_t length)
 	return p;
 }
 
+static int fail_nth_fd = -1;
+
+/* At exit: how much of --fail-nth was left (0: a failure was injected). */
+static void fail_nth_report(void)
+{
+	char text[32];
+	ssize_t n = pread(fail_nth_fd, text, sizeof(text) - 1, 0);
+
+	if (n < 0)
+		return;
+	text[n] = '\0';
+	printf("fail_nth_left=%ld\n", strtol(text, NULL, 10));
+	fflush(stdout);
+}
+
+/* --fail-nth: from here on, the Nth filtered allocation of this thread fails. */
+static void fail_nth_arm(const struct opts *o)
+{
+	char text[32];
+	int len;
+
+	if (!o->fail_nth || fail_nth_fd >= 0)
+		return;
+	fail_nth_fd = open("/proc/thread-self/fail-nth", O_RDWR | O_CLOEXEC);
+	if (fail_nth_fd < 0)
+		die_sys("/proc/thread-self/fail-nth");
+	len = snprintf(text, sizeof(text), "%llu", (unsigned long long)o->fail_nth);
+	if (atexit(fail_nth_report) || pwrite(fail_nth_fd, text, len, 0) != len)
+		die_sys("fail-nth");
+}
+
 /* open, ALLOC(size), mmap the whole buffer. */
 static void session_open(struct session *s, const struct opts *o)
 {
 	void *p;
 	int ret;
 
+	fail_nth_arm(o);
 	step_arm(o, STEP_OPEN, 1);
 	s->fd = open(o->dev, O_RDWR | O_CLOEXEC);
 	step_arm(o, STEP_OPEN, 0);

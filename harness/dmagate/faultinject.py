@@ -1,5 +1,6 @@
 """Kernel fault injection (debug kernel): make allocations fail while one
-guest command runs, and count how many failed.
+guest command runs, and count how many failed; or walk every allocation a
+command makes through a module, failing each in turn.
 
     result = fail_allocations(vm, "insmod /lib/modules/x.ko", module="x")
     assert result.injected >= 1 and result.command.status != 0
@@ -7,7 +8,9 @@ guest command runs, and count how many failed.
 
 from __future__ import annotations
 
+import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +21,8 @@ DEBUGFS = "/sys/kernel/debug"
 KINDS = {"slab": "failslab", "page": "fail_page_alloc"}
 # "times" counts down as failures are injected; this large budget is "no limit".
 UNLIMITED = 1_000_000
+# require-start/require-end as the kernel sets them: no stack filter at all.
+NO_STACK_FILTER = {"require-start": 0, "require-end": 2**64 - 1}
 
 
 @dataclass(frozen=True)
@@ -64,18 +69,22 @@ def fail_allocations(
     """
     attr = f"{DEBUGFS}/{KINDS[kind]}"
     budget = UNLIMITED if times is None else times
-    settings = {
-        "probability": probability, "interval": interval, "times": budget,
-        "space": 0, "verbose": 0, "task-filter": "Y",
+    settings: dict[str, int | str] = {
+        "task-filter": "Y", "interval": interval, "times": budget, "space": 0, "verbose": 0,
     }
     if module is not None:
         start, end = _module_range(vm, module)
         settings |= {"require-start": start, "require-end": end, "stacktrace-depth": 32}
+    else:
+        settings |= NO_STACK_FILTER
     if kind == "page":
         settings |= {"ignore-gfp-wait": "N", "ignore-gfp-highmem": "N", "min-order": 0}
     else:
         settings |= {"ignore-gfp-wait": "N"}
-    setup = "; ".join(f"echo {v} > {attr}/{k}" for k, v in settings.items())
+    # Disarmed while the filters change, armed once they are all in place.
+    setup = "; ".join([f"echo 0 > {attr}/probability",
+                       *(f"echo {v} > {attr}/{k}" for k, v in settings.items()),
+                       f"echo {probability} > {attr}/probability"])
     vm.run(setup, check=True)
     try:
         # Only this shell, and what it execs, has make-it-fail set.
@@ -85,8 +94,78 @@ def fail_allocations(
         result = vm.run(wrapped, timeout=timeout)
     finally:
         remaining = int(vm.run(f"cat {attr}/times", check=True).stdout)
-        reset = {"probability": 0, "times": 1, "task-filter": "N"}
-        if module is not None:
-            reset |= {"require-start": 0, "require-end": 0}
+        reset = {"probability": 0, "times": 1, "task-filter": "N"} | NO_STACK_FILTER
         vm.run("; ".join(f"echo {v} > {attr}/{k}" for k, v in reset.items()), check=True)
     return FaultResult(result, budget - remaining)
+
+
+def _filter_settings(kind: str, start: int, end: int, depth: int) -> dict[str, int | str]:
+    settings: dict[str, int | str] = {
+        "probability": 0, "task-filter": "N", "ignore-gfp-wait": "N", "verbose": 0,
+        "require-start": start, "require-end": end, "stacktrace-depth": depth,
+    }
+    if kind == "page":
+        settings |= {"ignore-gfp-highmem": "N", "min-order": 0}
+    return settings
+
+
+@dataclass(frozen=True)
+class NthFailure:
+    """One run of a walk: the nth allocation through the module was failed."""
+
+    n: int
+    result: CommandResult
+
+
+def fail_each_allocation(
+    vm: VM,
+    module: str,
+    command: Callable[[int], str],
+    check: Callable[[NthFailure], None],
+    *,
+    depth: int = 8,
+    limit: int = 300,
+) -> list[NthFailure]:
+    """Fail the 1st, then the 2nd, ... allocation (slab or page) whose call
+    stack passes through ``module``, one per run of ``command(n)``, until a
+    run reaches its end with nothing failed.
+
+    ``command(n)`` must write n to /proc/thread-self/fail-nth in the task
+    that does the work and print ``fail_nth_left=K`` at its end
+    (``dmagatectl --fail-nth``, or a shell builtin sequence). ``check`` is
+    called after each run that had a failure injected; it asserts the
+    outcome was clean and puts things back. Returns those runs; the run
+    with nothing injected is the walk's end and must have succeeded.
+
+    Only allocations within ``depth`` stack frames of the module's code
+    count: the module's own, and what the kernel allocates directly for
+    it (devres, DMA memory, page tables, sysfs nodes), not everything deep
+    below it. With no such limit, a probe walk reaches the ACPI interpreter
+    evaluating _PRT under pci_enable_device(), hundreds of allocations,
+    and on 6.12.117 an ACPICA use-after-free on one of those failure paths
+    (KASAN: slab-use-after-free in acpi_ns_get_attached_object).
+    """
+    start, end = _module_range(vm, module)
+    for kind, attr in KINDS.items():
+        setup = _filter_settings(kind, start, end, depth)
+        vm.run("; ".join(f"echo {v} > {DEBUGFS}/{attr}/{k}" for k, v in setup.items()),
+               check=True)
+    failures: list[NthFailure] = []
+    try:
+        for n in range(1, limit + 1):
+            result = vm.run(command(n))
+            left = re.search(r"^fail_nth_left=(\d+)$", result.stdout, re.M)
+            if left is None:
+                raise AssertionError(f"run {n} did not report fail_nth_left:\n{result}")
+            if int(left.group(1)) > 0:
+                if result.status != 0:
+                    raise AssertionError(f"run {n} failed with nothing injected:\n{result}")
+                return failures
+            failure = NthFailure(n, result)
+            check(failure)
+            failures.append(failure)
+        raise AssertionError(f"still failing allocations after {limit} runs")
+    finally:
+        for attr in KINDS.values():
+            vm.run("; ".join(f"echo {v} > {DEBUGFS}/{attr}/{k}"
+                             for k, v in NO_STACK_FILTER.items()), check=True)

@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from dmagate.faultinject import fail_allocations
+from dmagate.faultinject import NthFailure, fail_allocations, fail_each_allocation
 from dmagate.guesttool import EXIT_OK, EXIT_SYSCALL, dmagatectl, parse_line
 from dmagate.vm import VM
 
@@ -20,18 +20,55 @@ def still_works(vm: VM) -> None:
     assert run.status == EXIT_OK, run.describe()
 
 
-@pytest.mark.parametrize("kind", ["slab", "page"])
-def test_probe(vm: VM, kind: Literal["slab", "page"]) -> None:
-    bdf = vm.run("basename $(readlink /sys/class/misc/dmagate0/device)", check=True).stdout.strip()
+def bdf_of(vm: VM) -> str:
+    return vm.run("basename $(readlink /sys/class/misc/dmagate0/device)",
+                  check=True).stdout.strip()
+
+
+def test_probe_fails_cleanly_at_every_allocation(vm: VM) -> None:
+    bdf = bdf_of(vm)
+    bind = "/sys/bus/pci/drivers/dmagate/bind"
     vm.run(f"echo {bdf} > /sys/bus/pci/drivers/dmagate/unbind", check=True)
-    result = fail_allocations(
-        vm, f"sh -c 'echo {bdf} > /sys/bus/pci/drivers/dmagate/bind'", kind=kind,
-        module="dmagate")
-    assert result.command.status != 0, result
-    assert "Cannot allocate memory" in result.command.stderr, result
-    assert result.injected >= 1
-    assert vm.run("test -e /dev/dmagate0").status != 0, "a failed probe leaves nothing"
-    vm.run(f"echo {bdf} > /sys/bus/pci/drivers/dmagate/bind", check=True)
+
+    def command(n: int) -> str:
+        return (f"sh -c 'echo {n} > /proc/thread-self/fail-nth; echo {bdf} > {bind}; s=$?; "
+                "read left < /proc/thread-self/fail-nth; echo fail_nth_left=$left; exit $s'")
+
+    def check(failure: NthFailure) -> None:
+        if failure.result.status == 0:
+            # The driver got around it (e.g. MSI after MSI-X): it must work.
+            still_works(vm)
+            vm.run(f"echo {bdf} > /sys/bus/pci/drivers/dmagate/unbind", check=True)
+            return
+        assert "write error" in failure.result.stderr, failure
+        assert vm.run("test -e /dev/dmagate0").status != 0, f"left behind: {failure}"
+
+    failures = fail_each_allocation(vm, "dmagate", command, check)
+    print(f"probe: {len(failures)} allocations failed in turn, "
+          f"{sum(f.result.status != 0 for f in failures)} of them failed the probe")
+    # misc_register, the rings, the interrupts, the devres: dozens of them.
+    assert len(failures) >= 20, [f.n for f in failures]
+    assert sum(f.result.status != 0 for f in failures) >= 10
+    still_works(vm)
+
+
+def test_session_fails_cleanly_at_every_allocation(vm: VM) -> None:
+    def check(failure: NthFailure) -> None:
+        fields = {k: v for line in failure.result.stdout.splitlines()
+                  for k, v in parse_line(line).items()}
+        if failure.result.status == EXIT_OK:
+            # Absorbed (a smaller chunk order, a retried fault): data still right.
+            assert fields.get("verified") == "yes", failure
+        else:
+            assert failure.result.status == EXIT_SYSCALL, failure
+            assert fields.get("errno") == "ENOMEM", failure
+
+    failures = fail_each_allocation(
+        vm, "dmagate", lambda n: f"dmagatectl xfer fill -s 1M --fail-nth {n}", check)
+    print(f"session: {len(failures)} allocations failed in turn, "
+          f"{sum(f.result.status != 0 for f in failures)} of them failed a call")
+    # open (session, inode), ALLOC (arrays, 16 chunks), faults, SUBMIT.
+    assert len(failures) >= 15, [f.n for f in failures]
     still_works(vm)
 
 
