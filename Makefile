@@ -4,7 +4,7 @@
 KERNEL ?= 6.12
 # Kernel flavours `make test` runs the VM suite on: Debian's 6.12 and 6.1
 # cloud kernels, and 6.12 built with KASAN, lockdep, DMA-API debug,
-# kmemleak and fault injection (debug: ~15 min to build cold, then cached).
+# kmemleak and fault injection (debug: ~21 min to build cold, then cached).
 TEST_KERNELS ?= 6.12 6.1 debug
 PYTEST_ARGS ?=
 
