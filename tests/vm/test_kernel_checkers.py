@@ -3,11 +3,15 @@ they report (KERNEL=debug only)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from dmagate.faultinject import fail_allocations
+from dmagate.pytest_plugin import Bench
 from dmagate.vm import VM
 
 pytestmark = pytest.mark.debug_kernel
@@ -70,3 +74,20 @@ def test_fault_injection_of_page_allocations(vm: VM) -> None:
     assert result.command.status != 0
     assert "Cannot allocate memory" in result.command.stderr
     assert result.injected >= 1
+
+
+def test_a_leak_fails_its_module_at_the_end(dmagate_bench: Bench, tmp_path: Path) -> None:
+    """The once-per-module kmemleak scan really fails the module."""
+    holder = Path(__file__).parent / "holders" / "leak_in_module.py"
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(holder),
+         "--kernel", dmagate_bench.flavour, "--accel", dmagate_bench.accelerator.name,
+         "--basetemp", str(tmp_path / "child")],
+        cwd=dmagate_bench.paths.root, capture_output=True, text=True, timeout=900,
+        check=False,
+    )
+    out = child.stdout + child.stderr
+    assert child.returncode != 0, out
+    assert "1 passed, 1 error" in out, out
+    assert "kmemleak, at the end of leak_in_module" in out, out
+    assert "memory leak in splat_test_leak" in out, out
