@@ -593,33 +593,35 @@ static void timer_disarm(void)
 		die_sys("setitimer");
 }
 
-/* read() bounded by @ms: EINTR from our own timer becomes ETIMEDOUT. */
-static ssize_t timed_read(int fd, void *buf, size_t n, long ms)
+/* After a call bounded by timer_arm(): EINTR from our own timer is ETIMEDOUT. */
+static void timed_end(long ret)
 {
-	ssize_t ret;
-	int e;
+	int e = errno;
 
-	timer_arm(ms);
-	ret = read(fd, buf, n);
-	e = errno;
 	timer_disarm();
 	if (ret < 0 && e == EINTR && timer_fired)
 		e = ETIMEDOUT;
 	errno = e;
+}
+
+/* read() bounded by @ms. */
+static ssize_t timed_read(int fd, void *buf, size_t n, long ms)
+{
+	ssize_t ret;
+
+	timer_arm(ms);
+	ret = read(fd, buf, n);
+	timed_end(ret);
 	return ret;
 }
 
 static int timed_ioctl(int fd, unsigned long req, void *arg, long ms)
 {
-	int ret, e;
+	int ret;
 
 	timer_arm(ms);
 	ret = ioctl(fd, req, arg);
-	e = errno;
-	timer_disarm();
-	if (ret < 0 && e == EINTR && timer_fired)
-		e = ETIMEDOUT;
-	errno = e;
+	timed_end(ret);
 	return ret;
 }
 

@@ -32,10 +32,6 @@ def get_knob(vm: VM, name: str, device: int = 0) -> Any:
     return vm.qmp.cmd("qom-get", path=dmagate_paths(vm)[device], property=name)
 
 
-def set_knob(vm: VM, name: str, value: int | bool, device: int = 0) -> None:
-    vm.qmp.cmd("qom-set", path=dmagate_paths(vm)[device], property=name, value=value)
-
-
 @contextmanager
 def device_faults(vm: VM, device: int = 0, **knobs: int | bool) -> Iterator[None]:
     """Set knobs for the duration of a block, then restore what they were

@@ -8,6 +8,8 @@ outcome was the expected one. The driver's counters live in
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass
 
 from dmagate.vm import VM
@@ -43,10 +45,7 @@ class ToolRun:
 
     def merged(self) -> dict[str, str]:
         """Every key the tool printed; a later line wins."""
-        out: dict[str, str] = {}
-        for fields in self.lines:
-            out |= fields
-        return out
+        return merged_fields(self.stdout)
 
     def __getitem__(self, key: str) -> str:
         merged = self.merged()
@@ -62,6 +61,26 @@ def dmagatectl(vm: VM, args: str, timeout: float = 60.0) -> ToolRun:
     command = f"dmagatectl {args}"
     status, out, err = vm.run(command, timeout=timeout)
     return ToolRun(command, status, out, err)
+
+
+def wait_for(vm: VM, command: str, pattern: str, timeout: float) -> str:
+    """Run ``command`` until its output matches ``pattern`` (multi-line);
+    the output. ``timeout`` is scaled for the VM."""
+    deadline = time.monotonic() + vm.scale(timeout)
+    while True:
+        out = vm.run(command).stdout
+        if re.search(pattern, out, re.M):
+            return out
+        assert time.monotonic() < deadline, f"{command!r} never showed {pattern!r}:\n{out}"
+        time.sleep(0.1)
+
+
+def merged_fields(text: str) -> dict[str, str]:
+    """Every key of every ``key=value`` line in ``text``; a later line wins."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        out |= parse_line(line)
+    return out
 
 
 def driver_stats(vm: VM, device: int = 0) -> dict[str, int]:

@@ -11,7 +11,14 @@ from collections.abc import Callable
 import pytest
 
 from dmagate.devicefaults import device_faults
-from dmagate.guesttool import EXIT_OK, dmagatectl, driver_stats, parse_line, stats_delta
+from dmagate.guesttool import (
+    EXIT_OK,
+    dmagatectl,
+    driver_stats,
+    merged_fields,
+    stats_delta,
+    wait_for,
+)
 from dmagate.vm import VM
 
 LONG_WINDOW_NS = 1_500_000_000
@@ -23,13 +30,7 @@ def start_background(vm: VM, args: str, out: str) -> int:
 
 
 def wait_output(vm: VM, out: str, pattern: str, timeout: float = 20) -> str:
-    deadline = time.monotonic() + vm.scale(timeout)
-    while True:
-        text = vm.run(f"cat {out}").stdout
-        if re.search(pattern, text, re.M):
-            return text
-        assert time.monotonic() < deadline, f"{out} never showed {pattern!r}:\n{text}"
-        time.sleep(0.1)
+    return wait_for(vm, f"cat {out}", pattern, timeout)
 
 
 def wait_gone(vm: VM, pid: int, timeout: float = 20) -> None:
@@ -77,16 +78,9 @@ def test_module_stays_while_a_file_is_open(vm: VM) -> None:
     assert dmagatectl(vm, "xfer fill -s 64K").status == EXIT_OK
 
 
-def unplug_outcome(text: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        fields |= parse_line(line)
-    return fields
-
-
 def check_hangup(out: str, mid_dma: bool) -> None:
     """What the program saw when the device went away under it."""
-    outcome = unplug_outcome(out)
+    outcome = merged_fields(out)
     assert "HUP" in outcome["revents"].split("|"), out
     if mid_dma:
         assert re.search(r"^record seq=1 error=ENODEV$", out, re.M), out
@@ -152,10 +146,9 @@ def interrupts_of(vm: VM, name: str) -> int:
 
 @pytest.mark.parametrize("mode", ["msix", "msi", "intx"])
 def test_every_interrupt_mode(vm: VM, mode: str) -> None:
-    names = {"msix": "msix", "msi": "msi", "intx": "intx"}
     try:
         vm.run(f"rmmod dmagate && insmod /lib/modules/dmagate.ko irq_mode={mode}", check=True)
-        assert dmagatectl(vm, "info")["irq_mode"] == names[mode]
+        assert dmagatectl(vm, "info")["irq_mode"] == mode
         before = interrupts_of(vm, "dmagate0")
         run = dmagatectl(vm, "xfer transform -s 1M -n 10")
         assert run.status == EXIT_OK, run.describe()

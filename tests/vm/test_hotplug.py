@@ -7,17 +7,8 @@ import re
 import time
 from collections.abc import Callable
 
+from dmagate.guesttool import wait_for
 from dmagate.vm import VM
-
-
-def wait_for(vm: VM, command: str, pattern: str, timeout: float) -> str:
-    deadline = time.monotonic() + vm.scale(timeout)
-    while True:
-        out = vm.run(command).stdout
-        if re.search(pattern, out, re.M):
-            return out
-        assert time.monotonic() < deadline, f"{command!r} never showed {pattern!r}:\n{out}"
-        time.sleep(0.2)
 
 
 def test_hot_plug_and_unplug_behind_root_port(make_vm: Callable[..., VM]) -> None:
