@@ -39,6 +39,11 @@ from dmagate.transcript import Transcript
 
 READY_LINE = re.compile(r"dmagate-init: ready")
 DEBUG_FLAVOUR = "debug"
+# SLUB leaves each allocated object holding a stale free-list pointer to the
+# object allocated after it, and kmemleak takes that for a reference: a
+# single leaked kmalloc() was reported in 3 of 12 scans. Zeroing every
+# allocation removes those pointers (42 of 42).
+DEBUG_KERNEL_ARGS = ("init_on_alloc=1",)
 
 # Base timeouts in seconds for a KVM guest; Accelerator.scale stretches them.
 BOOT_TIMEOUT = 15.0
@@ -112,7 +117,7 @@ class VM:
             accel=self.accel.name,
             cpus=self.options.cpus,
             memory_mib=self.options.memory_mib or (1024 if debug else 512),
-            kernel_args=self.options.kernel_args,
+            kernel_args=(*(DEBUG_KERNEL_ARGS if debug else ()), *self.options.kernel_args),
             devices=self.options.devices,
             extra_args=self.options.extra_qemu_args,
         )
