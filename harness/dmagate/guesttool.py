@@ -75,6 +75,16 @@ def wait_for(vm: VM, command: str, pattern: str, timeout: float) -> str:
         time.sleep(0.1)
 
 
+def wait_device_deleted(vm: VM, device_id: str, timeout: float = 15.0) -> None:
+    """Wait for QEMU's DEVICE_DELETED event for ``device_id``: the guest has
+    released a device that ``device_del`` asked for. Scaled for the VM."""
+    deadline = time.monotonic() + vm.scale(timeout)
+    while not any(e["event"] == "DEVICE_DELETED" and e["data"].get("device") == device_id
+                  for e in vm.qmp.events()):
+        assert time.monotonic() < deadline, f"the guest never released {device_id}"
+        time.sleep(0.2)
+
+
 def merged_fields(text: str) -> dict[str, str]:
     """Every key of every ``key=value`` line in ``text``; a later line wins."""
     out: dict[str, str] = {}
