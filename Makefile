@@ -13,6 +13,8 @@ PY      := $(VENV)/bin/python
 DMAGATE := $(VENV)/bin/dmagate
 BUILD   := build
 QEMU    := $(BUILD)/qemu/qemu-system-x86_64
+# The same QEMU built with AddressSanitizer and UBSan, for device-test-asan.
+QEMU_ASAN := $(BUILD)/qemu-asan/qemu-system-x86_64
 IMAGE    = $(BUILD)/image-$(KERNEL)
 
 QEMU_INPUTS   := $(shell find qemu-device -type f -not -name README.md 2>/dev/null) \
@@ -25,7 +27,7 @@ IMAGE_INPUTS  := $(wildcard images/*.py) images/init images/kernel-debug.config 
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+		awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  variables: KERNEL=$(KERNEL) (6.12, 6.1 or debug), TEST_KERNELS=\"$(TEST_KERNELS)\""
 
 deps: ## Debian packages and the project venv (.venv)
@@ -45,6 +47,12 @@ qemu: deps $(QEMU) ## QEMU from Debian's source with the device built in
 $(QEMU): $(QEMU_INPUTS) | deps
 	@qemu-device/build.sh $(QEMU)
 	@touch $(QEMU)
+
+qemu-asan: deps $(QEMU_ASAN) ## QEMU as above, built with ASan and UBSan (~3x slower)
+
+$(QEMU_ASAN): $(QEMU_INPUTS) | deps
+	@qemu-device/build.sh --sanitize $(QEMU_ASAN)
+	@touch $(QEMU_ASAN)
 
 driver: deps ## the guest modules and tools, against KERNEL's headers
 	@$(PY) images/build_image.py --flavour $(KERNEL) --out $(IMAGE) --driver-only
@@ -71,13 +79,18 @@ unit-test: deps ## host-only tests (no QEMU)
 device-test: qemu ## the device model through qtest (no guest OS)
 	@$(VENV)/bin/pytest tests/device $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/device.xml
 
+device-test-asan: qemu-asan ## the device tests on the sanitizer QEMU; a report fails its test
+	@DMAGATE_QEMU=$(abspath $(QEMU_ASAN)) $(VENV)/bin/pytest tests/device $(PYTEST_ARGS) \
+		--junitxml=$(BUILD)/test-results/device-asan.xml
+
 vm-test: image ## the VM tests on KERNEL
 	@$(VENV)/bin/pytest tests/vm --kernel $(KERNEL) $(PYTEST_ARGS) \
 		--junitxml=$(BUILD)/test-results/vm-$(KERNEL).xml
 
-test: lint qemu ## everything: lint, unit, device and VM tests (each of TEST_KERNELS)
+test: lint qemu ## everything: lint, unit, device (plain and sanitizer QEMU), VM tests on TEST_KERNELS
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
 	@$(MAKE) --no-print-directory device-test
+	@$(MAKE) --no-print-directory device-test-asan
 	@set -e; for k in $(TEST_KERNELS); do \
 		$(MAKE) --no-print-directory vm-test KERNEL=$$k; done
 
@@ -92,5 +105,6 @@ clean: ## remove build/ (the download and QEMU caches in ~/.cache/dmagate stay)
 distclean: clean ## also remove .venv and ~/.cache/dmagate
 	rm -rf $(VENV) $${DMAGATE_CACHE:-$$HOME/.cache/dmagate}
 
-.PHONY: help deps qemu driver image demo shell lint unit-test device-test vm-test test bench \
+.PHONY: help deps qemu qemu-asan driver image demo shell lint unit-test device-test \
+	device-test-asan vm-test test bench \
 	clean distclean

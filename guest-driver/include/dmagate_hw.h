@@ -53,7 +53,7 @@
 #define DMAGATE_REG_STAT_FAULTS		0x120
 
 #define DMAGATE_ID_VALUE		0x47414d44	/* "DMAG" */
-#define DMAGATE_VERSION_VALUE		0x00010000
+#define DMAGATE_VERSION_VALUE		0x00010001
 #define DMAGATE_MAX_SEGMENTS		1024
 #define DMAGATE_MAX_RING_ORDER		12
 #define DMAGATE_MIN_RING_SIZE		2
@@ -122,11 +122,25 @@
 #define DMAGATE_ST_BAD_RING		8
 #define DMAGATE_ST_BAD_INDEX		9
 #define DMAGATE_ST_REG_LOCKED		10
+#define DMAGATE_ST_BAD_ACCESS		11
 
 /* FILL pattern: W(k) = mix64(seed ^ (k * DMAGATE_FILL_GOLDEN)). */
 #define DMAGATE_FILL_GOLDEN		0x9e3779b97f4a7c15ULL
 
 /* Fault property value meaning "every time". */
 #define DMAGATE_FAULT_ALWAYS		0xffffffffU
+
+/* Ranges of the device's QOM properties (datasheet section 7 and 8). */
+#define DMAGATE_MAX_DELAY_NS		60000000000ULL
+#define DMAGATE_MAX_BANDWIDTH_MBPS	1000000
+#define DMAGATE_MAX_SPURIOUS		1024
+
+/* Work one bottom half does at most before it yields to the main loop. */
+#define DMAGATE_BH_BYTES		0x100000
+#define DMAGATE_BH_DESCRIPTORS		64
+#define DMAGATE_BH_SG_ENTRIES		1024
+
+/* PCI power management capability: config-space offset. */
+#define DMAGATE_PM_CAP_OFFSET		0x40
 
 #endif /* DMAGATE_HW_H */

@@ -22,6 +22,10 @@ PCI_CAP_ID_MSIX = 0x11
 PCI_CAP_ID_EXP = 0x10
 PCI_EXP_DEVCTL = 0x08
 PCI_EXP_DEVCTL_BCR_FLR = 0x8000
+PCI_EXP_SLTCTL = 0x18
+# q35's MCH: PCIEXBAR (host bridge 0:0.0, 64-bit at 0x60) places MMCONFIG.
+MCH_PCIEXBAR = 0x60
+MMCONFIG_BASE = 0xB000_0000
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,44 @@ class PciFunction:
         self.write16(PCI_COMMAND, command | bits if on else command & ~bits)
 
 
+def enable_mmconfig(qt: QTestMachine, base: int = MMCONFIG_BASE) -> None:
+    """Map q35's PCIe MMCONFIG window (256 buses) at ``base``, as firmware does:
+    under qtest no firmware runs, so the window starts disabled."""
+    host = PciFunction(qt, 0, 0)
+    host.write32(MCH_PCIEXBAR + 4, base >> 32)
+    host.write32(MCH_PCIEXBAR, (base & 0xFFFF_FFFF) | 1)  # length 256 MiB, enabled
+
+
+def mmconfig_address(bus: int, slot: int, function: int = 0, offset: int = 0,
+                     base: int = MMCONFIG_BASE) -> int:
+    """The physical address of one config-space byte in the MMCONFIG window."""
+    return base | bus << 20 | slot << 15 | function << 12 | offset
+
+
+PCI_PRIMARY_BUS = 0x18
+PCI_MEMORY_BASE = 0x20
+
+
+def open_root_port(qt: QTestMachine, slot: int) -> PciFunction:
+    """Program the pcie-root-port at 0:``slot``.0 as firmware would: bus 1
+    behind it, memory window 0xe0000000..0xe00fffff (where Dmagate puts its
+    BARs), memory and bus mastering on."""
+    port = PciFunction(qt, 0, slot)
+    port.write32(PCI_PRIMARY_BUS, 0x01_01_00)  # secondary and subordinate bus 1
+    port.write32(PCI_MEMORY_BASE, 0xE000 | 0xE000 << 16)
+    port.set_command(PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER)
+    return port
+
+
 class Dmagate:
     """One dmagate function with BARs assigned and rings in guest memory."""
 
-    def __init__(self, qt: QTestMachine, slot: int, bar0: int = 0xE000_0000,
-                 bar2: int = 0xE000_1000, configure: bool = True) -> None:
+    def __init__(self, qt: QTestMachine, slot: int, bar0: int = 0xE000_0000,  # noqa: PLR0917
+                 bar2: int = 0xE000_1000, configure: bool = True, bus: int = 0) -> None:
         """``configure``: assign the BARs and enable memory and bus mastering
         (False for a device that a migrated-in machine has programmed already)."""
         self.qt = qt
-        self.pci = PciFunction(qt, 0, slot)
+        self.pci = PciFunction(qt, bus, slot)
         self.bar0 = bar0
         self.bar2 = bar2
         if configure:

@@ -21,15 +21,20 @@ class BuildPaths:
     """The outputs of ``make qemu`` and ``make image`` in one checkout."""
 
     root: Path
+    # Another QEMU to run instead of make qemu's, e.g. make qemu-asan's.
+    qemu_override: Path | None = None
 
     @classmethod
     def discover(cls) -> BuildPaths:
-        """$DMAGATE_ROOT, else the checkout around the cwd, else this package's."""
+        """$DMAGATE_ROOT, else the checkout around the cwd, else this package's;
+        QEMU is $DMAGATE_QEMU if set."""
+        qemu_env = os.environ.get("DMAGATE_QEMU")
+        qemu = Path(qemu_env).resolve() if qemu_env else None
         if env := os.environ.get("DMAGATE_ROOT"):
-            return cls(Path(env).resolve())
+            return cls(Path(env).resolve(), qemu)
         for start in (Path.cwd(), Path(__file__).resolve().parent):
             if root := _find_root(start):
-                return cls(root)
+                return cls(root, qemu)
         raise FileNotFoundError(
             "cannot find the dmagate checkout: run from inside it or set DMAGATE_ROOT"
         )
@@ -40,7 +45,7 @@ class BuildPaths:
 
     @property
     def qemu(self) -> Path:
-        return self.build / "qemu" / "qemu-system-x86_64"
+        return self.qemu_override or self.build / "qemu" / "qemu-system-x86_64"
 
     def image(self, flavour: str = DEFAULT_FLAVOUR) -> Path:
         return self.build / f"image-{flavour}"

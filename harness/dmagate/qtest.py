@@ -3,12 +3,17 @@
 QEMU runs with ``-accel qtest``; the client reads and writes guest memory,
 does port I/O, steps the virtual clock and sees interrupt lines, one text
 line per command (docs/devel/qtest.rst). Used by the device tests.
+
+QEMU starts with the sanitizers' options (dmagate.sanitizer); once it is
+gone, ``sanitizer_reports()`` reads what a sanitizer build reported.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import os
+import shlex
 import socket
 import subprocess
 import tempfile
@@ -20,6 +25,7 @@ from types import TracebackType
 from dmagate.cmdline import FAST_BIOS, FIRMWARE_DIRS
 from dmagate.process import die_with_parent, kill_group
 from dmagate.qmp import QMP
+from dmagate.sanitizer import SanitizerReport, sanitizer_options, scan_log
 from dmagate.transcript import Transcript
 
 
@@ -55,10 +61,15 @@ class QTestMachine:
             "-qmp", f"unix:{qmp_path},server=on,wait=off",
             *args,
         ]
-        (workdir / "qemu-cmdline.txt").write_text(" ".join(self.argv) + "\n")
-        self._log = (workdir / "qemu-stderr.log").open("w")
+        sanitizers = sanitizer_options(os.environ)
+        # With the variables in front, the line reruns QEMU as the test did.
+        assignments = (f"{name}={value}" for name, value in sanitizers.items())
+        (workdir / "qemu-cmdline.txt").write_text(shlex.join((*assignments, *self.argv)) + "\n")
+        self.stderr_log = workdir / "qemu-stderr.log"
+        self._log = self.stderr_log.open("w")
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **sanitizers},
             start_new_session=True, preexec_fn=die_with_parent()  # noqa: PLW1509 - one prctl, see die_with_parent,
         )
         listener.settimeout(timeout)
@@ -66,7 +77,7 @@ class QTestMachine:
             self._sock, _ = listener.accept()
         except TimeoutError as err:
             self.kill()
-            raise QTestError(f"QEMU did not connect to qtest: {self.stderr()}") from err
+            raise QTestError(f"QEMU did not connect to qtest: {self._last_words()}") from err
         finally:
             listener.close()
         self._buffer = b""
@@ -79,6 +90,17 @@ class QTestMachine:
     def stderr(self) -> str:
         self._log.flush()
         return (self.workdir / "qemu-stderr.log").read_text()[-3000:]
+
+    def sanitizer_reports(self) -> list[SanitizerReport]:
+        """ASan, LSan and UBSan reports in QEMU's stderr. Complete only once
+        QEMU is gone (LeakSanitizer reports at exit): call close() first."""
+        return scan_log(self.stderr_log)
+
+    def _last_words(self) -> str:
+        """Why QEMU went away: a sanitizer report if it printed one (it is
+        long, its start is what matters), else the end of its stderr."""
+        reports = self.sanitizer_reports()
+        return reports[0].excerpt if reports else self.stderr()
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -93,7 +115,7 @@ class QTestMachine:
             except TimeoutError as err:
                 raise QTestError("qtest: no answer") from err
             if not data:
-                raise QTestError(f"QEMU closed qtest; it said:\n{self.stderr()}")
+                raise QTestError(f"QEMU closed qtest; it said:\n{self._last_words()}")
             chunks.append(data)
         line, _, self._buffer = b"".join(chunks).partition(b"\n")
         return line.decode()

@@ -3,9 +3,24 @@
  *
  * Descriptor rings in guest memory, scatter-gather bus-master DMA through
  * the PCI DMA API (so bus-master enable and the IOMMU apply), a settable
- * timing model, completion records, MSI-X/MSI/INTx, and fault injection
- * through QOM properties. docs/device.md in the dmagate project is the
- * datasheet; dmagate_hw.h carries its numbers.
+ * timing model, completion records, MSI-X/MSI/INTx, PCI power management,
+ * and fault injection through QOM properties. docs/device.md in the
+ * dmagate project is the datasheet; dmagate_hw.h carries its numbers.
+ *
+ * The engine runs from a bottom half and calls out of the device on every
+ * DMA access and interrupt message. A guest can aim those at anything,
+ * including the device's own config space (an FLR) or its root port's
+ * Slot Control (a hot-unplug), so any call out may reset the device or
+ * unrealize it under the engine's feet. The rules that keep that safe:
+ *  - every reset, disable and unrealize bumps s->epoch; the engine samples
+ *    the epoch when it starts and, after each call out, stops at once
+ *    (touching no state) if the epoch moved;
+ *  - the engine holds a reference on the device while it runs, and drops
+ *    it from a separate bottom half once the device is gone, so neither
+ *    the state nor the guarded bottom half's re-entrancy guard (which lives
+ *    in the device) is freed under it;
+ *  - the timer and bottom halves are cancelled at unrealize and freed only
+ *    at finalize.
  *
  * Copyright (c) 2026 The dmagate authors
  *
@@ -13,12 +28,14 @@
  */
 
 #include "qemu/osdep.h"
+#include "qemu/error-report.h"
 #include "qemu/log.h"
+#include "qemu/main-loop.h"
 #include "qemu/module.h"
 #include "qemu/range.h"
+#include "qemu/rcu.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
-#include "qemu/main-loop.h"
 #include "qapi/error.h"
 #include "qapi/visitor.h"
 #include "hw/pci/pci_device.h"
@@ -28,6 +45,7 @@
 #include "hw/registerfields.h"
 #include "migration/vmstate.h"
 #include "system/dma.h"
+#include "system/runstate.h"
 #include <zlib.h>
 
 #include "dmagate_hw.h"
@@ -71,6 +89,9 @@ REG32(TIME_LO, DMAGATE_REG_TIME_LO)
 REG32(TIME_HI, DMAGATE_REG_TIME_HI)
 
 #define DMAGATE_INT_ALL (R_INT_COMPLETION_MASK | R_INT_ERROR_MASK)
+/* STATUS bits kept in s->status; BUSY is derived from s->active. */
+#define DMAGATE_STATUS_STORED (R_STATUS_ENABLED_MASK | R_STATUS_HALTED_MASK | \
+                               R_STATUS_STALLED_MASK)
 
 /* Statistics registers: 64-bit counters from DMAGATE_REG_STAT_DESCRIPTORS. */
 enum {
@@ -111,11 +132,21 @@ static const char *const stat_names[STAT_COUNT] = {
     [STAT_FAULTS] = "stat-faults",
 };
 
-/* A timed step moves at most this much; a bottom half at most the budget. */
+/*
+ * Where the descriptor in progress is: moving data, waiting to write its
+ * completion (fault-extra-delay-ns), or waiting for CQ room for the
+ * duplicate record of fault-duplicate-completion.
+ */
+enum {
+    STAGE_DATA,
+    STAGE_COMPLETE,
+    STAGE_DUPLICATE,
+    STAGE_COUNT,
+};
+
+/* A timed step moves at most this much. */
 #define DMAGATE_CHUNK (256 * KiB)
-#define DMAGATE_BH_BUDGET (1 * MiB)
 #define DMAGATE_CORRUPT_STRIDE 4096
-#define DMAGATE_MAX_SPURIOUS 1024
 
 typedef struct DmagateState {
     PCIDevice parent_obj;
@@ -123,7 +154,11 @@ typedef struct DmagateState {
     MemoryRegion mmio;
     QEMUBH *bh;
     QEMUTimer *timer;
+    VMChangeStateEntry *vm_state;
     uint8_t *bounce;
+    /* Bumped by reset, disable and unrealize; see the comment at the top. */
+    uint32_t epoch;
+    bool unrealized;
 
     /* Registers */
     uint32_t ctrl;
@@ -142,11 +177,13 @@ typedef struct DmagateState {
     uint32_t cq_phase;
     uint32_t int_status;
     uint32_t int_mask;
+    uint32_t int_unsignalled;   /* latched while masked, not yet signalled */
     uint32_t time_hi;
     uint64_t stats[STAT_COUNT];
 
     /* The descriptor in progress (valid while active) */
     bool active;
+    uint8_t stage;
     uint32_t index;
     uint8_t opcode;
     uint8_t flags;
@@ -166,6 +203,7 @@ typedef struct DmagateState {
     bool drop_irq;
     bool duplicate;
     int64_t due_ns;         /* next chunk, or the completion, not before */
+    int64_t cpl_time_ns;    /* timestamp of the record (and its duplicate) */
 
     /* Configuration: QOM properties, settable at runtime */
     uint64_t latency_ns;
@@ -174,6 +212,13 @@ typedef struct DmagateState {
     uint32_t faults[FAULT_COUNT];
     uint64_t extra_delay_ns;
 } DmagateState;
+
+/* The engine's allowance for one bottom half. */
+typedef struct DmagateBudget {
+    uint32_t bytes;
+    uint32_t descriptors;
+    uint32_t sg_entries;
+} DmagateBudget;
 
 static void dmagate_run(void *opaque);
 
@@ -187,6 +232,16 @@ static bool dmagate_enabled(DmagateState *s)
     return FIELD_EX32(s->status, STATUS, ENABLED);
 }
 
+/* The device was reset, disabled or unplugged since @epoch was sampled. */
+static bool dmagate_lost(DmagateState *s, uint32_t epoch)
+{
+    if (s->epoch != epoch) {
+        trace_dmagate_engine_lost(s->epoch - epoch);
+        return true;
+    }
+    return false;
+}
+
 static void dmagate_guest_error(DmagateState *s, const char *what,
                                 uint32_t code, uint64_t addr)
 {
@@ -197,7 +252,18 @@ static void dmagate_guest_error(DmagateState *s, const char *what,
     s->error_addr = addr;
 }
 
-/* Fault knobs: true if the fault fires for this descriptor. */
+/* A descriptor the device refuses: logged, the completion says why. */
+static uint16_t dmagate_reject(DmagateState *s, const char *why,
+                               uint16_t status, uint64_t addr)
+{
+    qemu_log_mask(LOG_GUEST_ERROR, "%s: sq[%u] tag 0x%x refused: %s "
+                  "(status %u, address 0x%" PRIx64 ")\n", TYPE_DMAGATE,
+                  s->index, s->tag, why, status, addr);
+    trace_dmagate_desc_invalid(s->index, status);
+    return status;
+}
+
+/* Fault knobs: true if the fault fires now (the caller applies it). */
 static bool dmagate_fault_fires(DmagateState *s, int fault)
 {
     if (!s->faults[fault]) {
@@ -211,6 +277,21 @@ static bool dmagate_fault_fires(DmagateState *s, int fault)
     return true;
 }
 
+static bool dmagate_bus_master(DmagateState *s)
+{
+    return pci_get_word(PCI_DEVICE(s)->config + PCI_COMMAND) &
+           PCI_COMMAND_MASTER;
+}
+
+/* PCI PM: the function is in D0 (D3hot stops decode and the engine). */
+static bool dmagate_in_d0(DmagateState *s)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+
+    return !(pci_get_word(pdev->config + pdev->pm_cap + PCI_PM_CTRL) &
+             PCI_PM_CTRL_STATE_MASK);
+}
+
 /* Interrupts */
 
 static void dmagate_update_intx(DmagateState *s)
@@ -221,57 +302,87 @@ static void dmagate_update_intx(DmagateState *s)
     if (!msix_enabled(pdev) && !msi_enabled(pdev)) {
         level = s->int_status & ~s->int_mask & DMAGATE_INT_ALL;
     }
+    /* An assertion that INTx Disable does not hide counts as sent. */
+    if (level && !pdev->irq_state &&
+        !(pci_get_word(pdev->config + PCI_COMMAND) &
+          PCI_COMMAND_INTX_DISABLE)) {
+        s->stats[STAT_INTERRUPTS]++;
+        trace_dmagate_irq(s->int_status, "intx");
+    }
     pci_set_irq(pdev, level);
 }
 
-/* Send one message for each cause in @causes that is not masked. */
-static void dmagate_signal(DmagateState *s, uint32_t causes)
+/* One MSI-X message; counted only if it leaves the device. */
+static void dmagate_msix_message(DmagateState *s, unsigned vector)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
+    bool sent = !msix_is_masked(pdev, vector) && dmagate_bus_master(s);
 
-    causes &= ~s->int_mask;
-    if (!causes) {
-        return;
-    }
-    if (msix_enabled(pdev)) {
-        if (causes & R_INT_COMPLETION_MASK) {
-            msix_notify(pdev, DMAGATE_MSIX_VEC_COMPLETION);
-            s->stats[STAT_INTERRUPTS]++;
-            trace_dmagate_irq(causes, "msix");
-        }
-        if (causes & R_INT_ERROR_MASK) {
-            msix_notify(pdev, DMAGATE_MSIX_VEC_ERROR);
-            s->stats[STAT_INTERRUPTS]++;
-            trace_dmagate_irq(causes, "msix");
-        }
-    } else if (msi_enabled(pdev)) {
-        msi_notify(pdev, 0);
+    msix_notify(pdev, vector);  /* a masked vector goes to the PBA */
+    if (sent) {
         s->stats[STAT_INTERRUPTS]++;
-        trace_dmagate_irq(causes, "msi");
-    } else {
-        s->stats[STAT_INTERRUPTS]++;
-        trace_dmagate_irq(causes, "intx");
+        trace_dmagate_irq(1u << vector, "msix");
     }
 }
 
+/*
+ * Send one message for each cause in @causes that is not masked; causes
+ * that are masked wait in int_unsignalled for their bit to be cleared.
+ * False if the device was lost while a message went out.
+ */
+static bool dmagate_signal(DmagateState *s, uint32_t causes)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+    uint32_t epoch = s->epoch;
+
+    s->int_unsignalled |= causes & s->int_mask;
+    causes &= ~s->int_mask;
+    s->int_unsignalled &= ~causes;
+    if (!causes) {
+        return true;
+    }
+    if (msix_enabled(pdev)) {
+        if (causes & R_INT_COMPLETION_MASK) {
+            dmagate_msix_message(s, DMAGATE_MSIX_VEC_COMPLETION);
+            if (dmagate_lost(s, epoch)) {
+                return false;
+            }
+        }
+        if (causes & R_INT_ERROR_MASK) {
+            dmagate_msix_message(s, DMAGATE_MSIX_VEC_ERROR);
+        }
+    } else if (msi_enabled(pdev)) {
+        bool sent = dmagate_bus_master(s);
+
+        msi_notify(pdev, 0);
+        if (sent) {
+            s->stats[STAT_INTERRUPTS]++;
+            trace_dmagate_irq(causes, "msi");
+        }
+    }
+    return !dmagate_lost(s, epoch);
+}
+
 /* Latch @causes; signal those that were not latched already. */
-static void dmagate_raise(DmagateState *s, uint32_t causes)
+static bool dmagate_raise(DmagateState *s, uint32_t causes)
 {
     uint32_t newly = causes & ~s->int_status;
 
     s->int_status |= causes;
-    dmagate_signal(s, newly);
+    if (!dmagate_signal(s, newly)) {
+        return false;
+    }
     dmagate_update_intx(s);
+    return true;
 }
 
 /* A device error outside any completion: latch it, interrupt, halt. */
 static void dmagate_halt(DmagateState *s, const char *what, uint32_t code,
-                         uint64_t addr)
+                         uint32_t index, uint64_t addr)
 {
     dmagate_guest_error(s, what, code, addr);
-    s->error_index = s->sq_head;
+    s->error_index = index;
     s->status = FIELD_DP32(s->status, STATUS, HALTED, 1);
-    s->status = FIELD_DP32(s->status, STATUS, BUSY, 0);
     s->stats[STAT_ERRORS]++;
     s->active = false;
     timer_del(s->timer);
@@ -329,106 +440,201 @@ static void dmagate_corrupt(uint8_t *buf, uint64_t offset, size_t len)
     }
 }
 
-static bool dmagate_hits_own_bar(DmagateState *s, uint64_t addr, uint64_t len)
+/*
+ * Apply the operation to @len bytes at transfer offset s->done held in
+ * @buf (read from memory already for CHECKSUM and TRANSFORM), and fold
+ * them into the CRC. Only bytes that were really moved get here.
+ */
+static void dmagate_compute(DmagateState *s, uint8_t *buf, uint32_t len)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
-    static const int bars[] = { DMAGATE_REGS_BAR, DMAGATE_MSIX_BAR };
-
-    for (int i = 0; i < ARRAY_SIZE(bars); i++) {
-        pcibus_t base = pci_get_bar_addr(pdev, bars[i]);
-
-        if (base != PCI_BAR_UNMAPPED &&
-            ranges_overlap(addr, len, base, pdev->io_regions[bars[i]].size)) {
-            return true;
-        }
+    switch (s->opcode) {
+    case DMAGATE_OP_FILL:
+        dmagate_pattern(buf, s->done, len, s->param);
+        break;
+    case DMAGATE_OP_TRANSFORM:
+        dmagate_xor_key(buf, s->done, len, s->param);
+        break;
     }
-    return false;
+    s->crc = crc32(s->crc, buf, len);
+    if (s->corrupt) {
+        dmagate_corrupt(buf, s->done, len);
+    }
 }
 
-static bool dmagate_bus_master(DmagateState *s)
+/* How one piece of a segment can be reached, looked up without side effects. */
+typedef enum {
+    TARGET_RAM,         /* direct: map it and work in place */
+    TARGET_MMIO,        /* a device: through the bounce buffer */
+    TARGET_SELF,        /* one of our own BARs */
+    TARGET_NONE,        /* nothing there, or the IOMMU refuses */
+} DmagateTarget;
+
+static DmagateTarget dmagate_lookup(DmagateState *s, uint64_t addr,
+                                    uint32_t *len, bool is_write)
 {
-    return pci_get_word(PCI_DEVICE(s)->config + PCI_COMMAND) &
-           PCI_COMMAND_MASTER;
+    AddressSpace *as = pci_get_address_space(PCI_DEVICE(s));
+    hwaddr xlat, plen = *len;
+    MemoryRegion *mr;
+
+    RCU_READ_LOCK_GUARD();
+    /* After IOMMU translation: a bus address may be any physical one. */
+    mr = address_space_translate(as, addr, &xlat, &plen, is_write,
+                                 MEMTXATTRS_UNSPECIFIED);
+    *len = MIN(plen, *len);
+    if (!*len) {
+        return TARGET_NONE;
+    }
+    if (memory_region_owner(mr) == OBJECT(s)) {
+        return TARGET_SELF;
+    }
+    if (memory_access_is_direct(mr, is_write, MEMTXATTRS_UNSPECIFIED) &&
+        (is_write || memory_access_is_direct(mr, false,
+                                             MEMTXATTRS_UNSPECIFIED))) {
+        return TARGET_RAM;
+    }
+    if (!memory_region_access_valid(mr, xlat, 1, is_write,
+                                    MEMTXATTRS_UNSPECIFIED) &&
+        !memory_region_access_valid(mr, xlat, 4, is_write,
+                                    MEMTXATTRS_UNSPECIFIED)) {
+        return TARGET_NONE;
+    }
+    return TARGET_MMIO;
+}
+
+/* Outcome of moving one piece. */
+typedef enum {
+    MOVE_OK,
+    MOVE_FAILED,        /* s->result and s->limit say why */
+    MOVE_LOST,          /* reset or unplugged meanwhile: touch nothing */
+} DmagateMove;
+
+static DmagateMove dmagate_fail(DmagateState *s, const char *what,
+                                uint64_t addr)
+{
+    dmagate_guest_error(s, what, DMAGATE_ST_DMA_ERROR, addr);
+    trace_dmagate_dma_error(s->index, addr);
+    s->result = DMAGATE_ST_DMA_ERROR;
+    s->limit = s->done;
+    return MOVE_FAILED;
+}
+
+/*
+ * Move up to *@len bytes at bus address @addr, transfer offset s->done.
+ * On MOVE_OK, *@len is what was moved (a piece ends where the memory
+ * region under it does). A piece that cannot be reached is not touched at
+ * all, so bytes_done and the CRC stay exact on a DMA error.
+ */
+static DmagateMove dmagate_move(DmagateState *s, uint64_t addr,
+                                uint32_t *len, uint32_t epoch)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+    bool reads = s->opcode != DMAGATE_OP_FILL;
+    bool writes = s->opcode != DMAGATE_OP_CHECKSUM;
+    DMADirection dir = writes ? DMA_DIRECTION_FROM_DEVICE
+                              : DMA_DIRECTION_TO_DEVICE;
+    dma_addr_t mapped;
+    uint8_t *p;
+
+    switch (dmagate_lookup(s, addr, len, writes)) {
+    case TARGET_SELF:
+        return dmagate_fail(s, "DMA aimed at the device's own BAR", addr);
+    case TARGET_NONE:
+        return dmagate_fail(s, "DMA to or from the SG list failed", addr);
+    case TARGET_RAM:
+        mapped = *len;
+        p = pci_dma_map(pdev, addr, &mapped, dir);
+        if (!p || !mapped) {
+            return dmagate_fail(s, "DMA to or from the SG list failed", addr);
+        }
+        *len = mapped;
+        dmagate_compute(s, p, *len);
+        pci_dma_unmap(pdev, p, mapped, dir, mapped);
+        return MOVE_OK;
+    case TARGET_MMIO:
+        break;
+    }
+
+    /* Device memory: accesses may have side effects, even on ourselves. */
+    if (reads) {
+        MemTxResult res = pci_dma_read(pdev, addr, s->bounce, *len);
+
+        if (dmagate_lost(s, epoch)) {
+            return MOVE_LOST;
+        }
+        if (res != MEMTX_OK) {
+            return dmagate_fail(s, "DMA to or from the SG list failed", addr);
+        }
+    }
+    if (!writes) {
+        dmagate_compute(s, s->bounce, *len);
+        return MOVE_OK;
+    }
+    {
+        /* The CRC must not include data the write then fails to store. */
+        uint32_t crc = s->crc;
+        MemTxResult res;
+
+        dmagate_compute(s, s->bounce, *len);
+        res = pci_dma_write(pdev, addr, s->bounce, *len);
+        if (dmagate_lost(s, epoch)) {
+            return MOVE_LOST;
+        }
+        if (res != MEMTX_OK) {
+            s->crc = crc;
+            return dmagate_fail(s, "DMA to or from the SG list failed", addr);
+        }
+    }
+    return MOVE_OK;
 }
 
 /*
  * Move up to @budget bytes of the current descriptor at the current SG
- * position. Returns the number of bytes moved; on a DMA failure ends the
- * transfer with DMA_ERROR.
+ * position. Returns the number of bytes moved, or -1 if the device was
+ * lost under it; on a DMA failure ends the transfer.
  */
-static uint32_t dmagate_step(DmagateState *s, uint32_t budget)
+static int64_t dmagate_step(DmagateState *s, uint32_t budget, uint32_t epoch)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
-    uint32_t seg_left = s->sg_len[s->sg_pos] - s->sg_off;
-    uint32_t n = MIN(MIN(budget, seg_left), s->limit - s->done);
-    uint64_t addr = s->sg_addr[s->sg_pos] + s->sg_off;
-    MemTxResult res = MEMTX_OK;
+    uint32_t n = MIN(MIN(budget, s->sg_len[s->sg_pos] - s->sg_off),
+                     s->limit - s->done);
+    uint32_t moved = 0;
 
-    if (!dmagate_bus_master(s)) {
-        s->result = DMAGATE_ST_BUS_MASTER_OFF;
-        s->limit = s->done;
-        return 0;
-    }
-    if (dmagate_hits_own_bar(s, addr, n)) {
-        dmagate_guest_error(s, "DMA aimed at the device's own BAR",
-                            DMAGATE_ST_DMA_ERROR, addr);
-        s->result = DMAGATE_ST_DMA_ERROR;
-        s->limit = s->done;
-        return 0;
-    }
+    while (moved < n) {
+        uint64_t addr = s->sg_addr[s->sg_pos] + s->sg_off;
+        uint32_t len = n - moved;
 
-    switch (s->opcode) {
-    case DMAGATE_OP_FILL:
-        dmagate_pattern(s->bounce, s->done, n, s->param);
-        s->crc = crc32(s->crc, s->bounce, n);
-        if (s->corrupt) {
-            dmagate_corrupt(s->bounce, s->done, n);
-        }
-        res = pci_dma_write(pdev, addr, s->bounce, n);
-        break;
-    case DMAGATE_OP_CHECKSUM:
-        res = pci_dma_read(pdev, addr, s->bounce, n);
-        s->crc = crc32(s->crc, s->bounce, n);
-        break;
-    case DMAGATE_OP_TRANSFORM:
-        res = pci_dma_read(pdev, addr, s->bounce, n);
-        if (res != MEMTX_OK) {
+        if (!dmagate_bus_master(s)) {
+            s->result = DMAGATE_ST_BUS_MASTER_OFF;
+            s->limit = s->done;
             break;
         }
-        dmagate_xor_key(s->bounce, s->done, n, s->param);
-        s->crc = crc32(s->crc, s->bounce, n);
-        if (s->corrupt) {
-            dmagate_corrupt(s->bounce, s->done, n);
+        switch (dmagate_move(s, addr, &len, epoch)) {
+        case MOVE_LOST:
+            return -1;
+        case MOVE_FAILED:
+            return moved;
+        case MOVE_OK:
+            break;
         }
-        res = pci_dma_write(pdev, addr, s->bounce, n);
-        break;
-    default:
-        g_assert_not_reached();
+        trace_dmagate_chunk(s->index, s->done, len);
+        moved += len;
+        s->done += len;
+        s->sg_off += len;
+        if (s->sg_off == s->sg_len[s->sg_pos]) {
+            s->sg_pos++;
+            s->sg_off = 0;
+        }
     }
-
-    if (res != MEMTX_OK) {
-        dmagate_guest_error(s, "DMA to or from the SG list failed",
-                            DMAGATE_ST_DMA_ERROR, addr);
-        trace_dmagate_dma_error(s->index, addr);
-        s->result = DMAGATE_ST_DMA_ERROR;
-        s->limit = s->done;
-        return 0;
-    }
-
-    trace_dmagate_chunk(s->index, s->done, n);
-    s->done += n;
-    s->sg_off += n;
-    if (s->sg_off == s->sg_len[s->sg_pos]) {
-        s->sg_pos++;
-        s->sg_off = 0;
-    }
-    return n;
+    return moved;
 }
 
 /* Descriptors */
 
-/* Validate the descriptor and its SG list; a status code, 0 if fine. */
-static uint16_t dmagate_check_desc(DmagateState *s, const uint8_t *desc)
+/*
+ * Validate the descriptor and read its SG list; a status code, 0 if fine.
+ * Returns -1 if the device was lost while the list was read.
+ */
+static int dmagate_check_desc(DmagateState *s, const uint8_t *desc,
+                              DmagateBudget *budget, uint32_t epoch)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
     uint8_t raw[DMAGATE_SG_SIZE];
@@ -436,27 +642,41 @@ static uint16_t dmagate_check_desc(DmagateState *s, const uint8_t *desc)
     uint64_t covered = 0;
 
     if (s->opcode < DMAGATE_OP_FILL || s->opcode > DMAGATE_OP_TRANSFORM) {
-        return DMAGATE_ST_BAD_OPCODE;
+        return dmagate_reject(s, "unknown opcode", DMAGATE_ST_BAD_OPCODE,
+                              s->opcode);
     }
     if ((s->flags & ~DMAGATE_DESC_F_INTERRUPT) ||
         lduw_le_p(desc + DMAGATE_DESC_RESERVED)) {
-        return DMAGATE_ST_BAD_DESCRIPTOR;
+        return dmagate_reject(s, "reserved descriptor bits set",
+                              DMAGATE_ST_BAD_DESCRIPTOR, s->flags);
     }
     if (s->length == 0 || s->length > DMAGATE_MAX_XFER) {
-        return DMAGATE_ST_BAD_LENGTH;
+        return dmagate_reject(s, "length out of range",
+                              DMAGATE_ST_BAD_LENGTH, s->length);
     }
-    if (s->sg_count == 0 || s->sg_count > DMAGATE_MAX_SEGMENTS ||
-        list % DMAGATE_SG_SIZE ||
-        list > UINT64_MAX - (uint64_t)s->sg_count * DMAGATE_SG_SIZE) {
-        return DMAGATE_ST_BAD_SG;
+    if (s->sg_count == 0 || s->sg_count > DMAGATE_MAX_SEGMENTS) {
+        return dmagate_reject(s, "SG count out of range", DMAGATE_ST_BAD_SG,
+                              s->sg_count);
+    }
+    if (list % DMAGATE_SG_SIZE ||
+        list > UINT64_MAX - (uint64_t)s->sg_count * DMAGATE_SG_SIZE + 1) {
+        return dmagate_reject(s, "SG list misaligned or wraps",
+                              DMAGATE_ST_BAD_SG, list);
     }
 
     for (uint32_t i = 0; i < s->sg_count && covered < s->length; i++) {
         uint64_t entry = list + (uint64_t)i * DMAGATE_SG_SIZE;
+        MemTxResult res = pci_dma_read(pdev, entry, raw, sizeof(raw));
 
-        if (pci_dma_read(pdev, entry, raw, sizeof(raw)) != MEMTX_OK) {
-            dmagate_guest_error(s, "cannot read SG list",
-                                DMAGATE_ST_DMA_ERROR, entry);
+        if (dmagate_lost(s, epoch)) {
+            return -1;
+        }
+        budget->sg_entries -= MIN(budget->sg_entries, 1);
+        if (res != MEMTX_OK) {
+            dmagate_reject(s, "cannot read SG list", DMAGATE_ST_DMA_ERROR,
+                           entry);
+            s->error = DMAGATE_ST_DMA_ERROR;
+            s->error_addr = entry;
             return DMAGATE_ST_DMA_ERROR;
         }
         s->sg_addr[i] = ldq_le_p(raw + DMAGATE_SG_ADDR);
@@ -464,13 +684,16 @@ static uint16_t dmagate_check_desc(DmagateState *s, const uint8_t *desc)
         if (s->sg_len[i] == 0 || s->sg_len[i] > DMAGATE_MAX_XFER ||
             ldl_le_p(raw + DMAGATE_SG_RESERVED) ||
             s->sg_addr[i] > UINT64_MAX - s->sg_len[i] + 1) {
-            dmagate_guest_error(s, "bad SG entry", DMAGATE_ST_BAD_SG, entry);
+            dmagate_reject(s, "bad SG entry", DMAGATE_ST_BAD_SG, entry);
+            s->error = DMAGATE_ST_BAD_SG;
+            s->error_addr = entry;
             return DMAGATE_ST_BAD_SG;
         }
         covered += s->sg_len[i];
     }
     if (covered < s->length) {
-        return DMAGATE_ST_BAD_SG;
+        return dmagate_reject(s, "segments shorter than length",
+                              DMAGATE_ST_BAD_SG, covered);
     }
     return DMAGATE_ST_OK;
 }
@@ -482,19 +705,51 @@ static uint32_t dmagate_half(uint32_t length)
     return half ? half : length / 2;
 }
 
-/* Take the descriptor at SQ_HEAD. False if the device had to halt. */
-static bool dmagate_fetch(DmagateState *s)
+/* Faults that apply to a valid descriptor as it is taken. */
+static void dmagate_arm_faults(DmagateState *s)
+{
+    if (dmagate_fault_fires(s, FAULT_STALL)) {
+        /* It never completes: no other fault could have an effect. */
+        s->status = FIELD_DP32(s->status, STATUS, STALLED, 1);
+        return;
+    }
+    if (dmagate_fault_fires(s, FAULT_DMA_ERROR)) {
+        s->limit = dmagate_half(s->length);
+        s->result = DMAGATE_ST_DMA_ERROR;
+    } else if (dmagate_fault_fires(s, FAULT_PARTIAL)) {
+        s->limit = dmagate_half(s->length);
+        s->result = DMAGATE_ST_SHORT;
+    }
+    if (s->opcode != DMAGATE_OP_CHECKSUM) {
+        s->corrupt = dmagate_fault_fires(s, FAULT_CORRUPT);
+    }
+    s->duplicate = dmagate_fault_fires(s, FAULT_DUPLICATE_COMPLETION);
+}
+
+/*
+ * Take the descriptor at SQ_HEAD: read it and its SG list, then move
+ * SQ_HEAD on. False if the device halted or was lost.
+ */
+static bool dmagate_fetch(DmagateState *s, DmagateBudget *budget,
+                          uint32_t epoch)
 {
     uint8_t desc[DMAGATE_DESC_SIZE];
     uint64_t addr = s->sq_base + (uint64_t)s->sq_head * DMAGATE_DESC_SIZE;
-    int64_t delay;
+    MemTxResult res = pci_dma_read(PCI_DEVICE(s), addr, desc, sizeof(desc));
+    int check;
 
-    if (pci_dma_read(PCI_DEVICE(s), addr, desc, sizeof(desc)) != MEMTX_OK) {
-        dmagate_halt(s, "cannot read descriptor", DMAGATE_ST_BAD_RING, addr);
+    if (dmagate_lost(s, epoch)) {
         return false;
     }
+    if (res != MEMTX_OK) {
+        dmagate_halt(s, "cannot read descriptor", DMAGATE_ST_BAD_RING,
+                     s->sq_head, addr);
+        return false;
+    }
+    budget->descriptors--;
 
     s->active = true;
+    s->stage = STAGE_DATA;
     s->index = s->sq_head;
     s->opcode = desc[DMAGATE_DESC_OPCODE];
     s->flags = desc[DMAGATE_DESC_FLAGS];
@@ -505,6 +760,7 @@ static bool dmagate_fetch(DmagateState *s)
     s->sg_pos = 0;
     s->sg_off = 0;
     s->done = 0;
+    s->limit = 0;
     s->crc = crc32(0, NULL, 0);
     s->corrupt = false;
     s->drop_irq = false;
@@ -512,31 +768,22 @@ static bool dmagate_fetch(DmagateState *s)
     trace_dmagate_desc_fetch(s->index, s->opcode, s->tag, s->length,
                              s->sg_count);
 
-    s->result = dmagate_check_desc(s, desc);
+    check = dmagate_check_desc(s, desc, budget, epoch);
+    if (check < 0) {
+        return false;
+    }
+    s->sq_head = (s->sq_head + 1) % s->sq_size;
+    s->result = check;
+    s->due_ns = dmagate_now();
     if (s->result != DMAGATE_ST_OK) {
-        trace_dmagate_desc_invalid(s->index, s->result);
-        s->limit = 0;
-        s->due_ns = dmagate_now();
         return true;
     }
 
     s->limit = s->length;
-    if (dmagate_fault_fires(s, FAULT_STALL)) {
-        s->status = FIELD_DP32(s->status, STATUS, STALLED, 1);
+    dmagate_arm_faults(s);
+    if (!s->zero_delay) {
+        s->due_ns += s->latency_ns;
     }
-    if (dmagate_fault_fires(s, FAULT_DMA_ERROR)) {
-        s->limit = dmagate_half(s->length);
-        s->result = DMAGATE_ST_DMA_ERROR;
-    } else if (dmagate_fault_fires(s, FAULT_PARTIAL)) {
-        s->limit = dmagate_half(s->length);
-        s->result = DMAGATE_ST_SHORT;
-    }
-    s->corrupt = dmagate_fault_fires(s, FAULT_CORRUPT);
-    s->drop_irq = dmagate_fault_fires(s, FAULT_DROP_IRQ);
-    s->duplicate = dmagate_fault_fires(s, FAULT_DUPLICATE_COMPLETION);
-
-    delay = s->zero_delay ? 0 : s->latency_ns;
-    s->due_ns = dmagate_now() + delay + s->extra_delay_ns;
     return true;
 }
 
@@ -545,15 +792,27 @@ static bool dmagate_cq_full(DmagateState *s)
     return (s->cq_tail + 1) % s->cq_size == s->cq_head;
 }
 
-static bool dmagate_post(DmagateState *s, const uint8_t *cpl)
+/* Write the current descriptor's completion record at CQ_TAIL. */
+static bool dmagate_post(DmagateState *s, uint32_t epoch)
 {
     uint64_t addr = s->cq_base + (uint64_t)s->cq_tail * DMAGATE_CPL_SIZE;
-    uint8_t rec[DMAGATE_CPL_SIZE];
+    uint8_t rec[DMAGATE_CPL_SIZE] = { 0 };
+    MemTxResult res;
 
-    memcpy(rec, cpl, sizeof(rec));
+    stl_le_p(rec + DMAGATE_CPL_TAG, s->tag);
+    stw_le_p(rec + DMAGATE_CPL_STATUS, s->result);
     stw_le_p(rec + DMAGATE_CPL_FLAGS, s->cq_phase ? DMAGATE_CPL_F_PHASE : 0);
-    if (pci_dma_write(PCI_DEVICE(s), addr, rec, sizeof(rec)) != MEMTX_OK) {
-        dmagate_halt(s, "cannot write completion", DMAGATE_ST_BAD_RING, addr);
+    stl_le_p(rec + DMAGATE_CPL_BYTES_DONE, s->done);
+    stl_le_p(rec + DMAGATE_CPL_CRC, s->crc);
+    stq_le_p(rec + DMAGATE_CPL_TIMESTAMP, s->cpl_time_ns);
+    stl_le_p(rec + DMAGATE_CPL_SQ_INDEX, s->index);
+    res = pci_dma_write(PCI_DEVICE(s), addr, rec, sizeof(rec));
+    if (dmagate_lost(s, epoch)) {
+        return false;
+    }
+    if (res != MEMTX_OK) {
+        dmagate_halt(s, "cannot write completion", DMAGATE_ST_BAD_RING,
+                     s->index, addr);
         return false;
     }
     s->cq_tail = (s->cq_tail + 1) % s->cq_size;
@@ -563,49 +822,62 @@ static bool dmagate_post(DmagateState *s, const uint8_t *cpl)
     return true;
 }
 
-/* Finish the current descriptor. False if it must wait (CQ full) or halted. */
-static bool dmagate_complete(DmagateState *s)
+/* The interrupt causes a record of the current descriptor raises. */
+static uint32_t dmagate_causes(DmagateState *s)
 {
-    uint8_t cpl[DMAGATE_CPL_SIZE] = { 0 };
     uint32_t causes = 0;
 
-    if (dmagate_cq_full(s)) {
-        trace_dmagate_cq_full(s->cq_head, s->cq_tail);
-        return false;
-    }
-    if (s->result == DMAGATE_ST_OK && s->done < s->length) {
-        s->result = DMAGATE_ST_SHORT;
-    }
-
-    stl_le_p(cpl + DMAGATE_CPL_TAG, s->tag);
-    stw_le_p(cpl + DMAGATE_CPL_STATUS, s->result);
-    stl_le_p(cpl + DMAGATE_CPL_BYTES_DONE, s->done);
-    stl_le_p(cpl + DMAGATE_CPL_CRC, s->crc);
-    stq_le_p(cpl + DMAGATE_CPL_TIMESTAMP, dmagate_now());
-    stl_le_p(cpl + DMAGATE_CPL_SQ_INDEX, s->index);
-    if (!dmagate_post(s, cpl)) {
-        return false;
-    }
-    if (s->duplicate && !dmagate_cq_full(s) && !dmagate_post(s, cpl)) {
-        return false;
-    }
-
-    trace_dmagate_complete(s->index, s->tag, s->result, s->done, s->crc);
-    s->active = false;
-    s->sq_head = (s->sq_head + 1) % s->sq_size;
-    s->stats[STAT_DESCRIPTORS]++;
-    s->stats[STAT_BYTES] += s->done;
     if (s->result != DMAGATE_ST_OK) {
-        s->stats[STAT_ERRORS]++;
-        s->error = s->result;
-        s->error_index = s->index;
         causes |= R_INT_ERROR_MASK;
     }
     if (s->flags & DMAGATE_DESC_F_INTERRUPT) {
         causes |= R_INT_COMPLETION_MASK;
     }
+    return causes;
+}
+
+/*
+ * Write the current descriptor's completion, or its duplicate. False if
+ * the engine must stop: CQ full (it waits for CQ_HEAD), halted or lost.
+ */
+static bool dmagate_complete(DmagateState *s, uint32_t epoch)
+{
+    bool first = s->stage == STAGE_COMPLETE;
+    uint32_t causes;
+
+    if (dmagate_cq_full(s)) {
+        trace_dmagate_cq_full(s->cq_head, s->cq_tail);
+        return false;
+    }
+    if (first) {
+        if (s->result == DMAGATE_ST_OK && s->done < s->length) {
+            s->result = DMAGATE_ST_SHORT;
+        }
+        s->cpl_time_ns = dmagate_now();
+    }
+    if (!dmagate_post(s, epoch)) {
+        return false;
+    }
+
+    causes = dmagate_causes(s);
+    if (first) {
+        trace_dmagate_complete(s->index, s->tag, s->result, s->done, s->crc);
+        s->stats[STAT_DESCRIPTORS]++;
+        s->stats[STAT_BYTES] += s->done;
+        if (s->result != DMAGATE_ST_OK) {
+            s->stats[STAT_ERRORS]++;
+            s->error = s->result;
+            s->error_index = s->index;
+        }
+        s->drop_irq = causes && dmagate_fault_fires(s, FAULT_DROP_IRQ);
+    }
+    if (first && s->duplicate) {
+        s->stage = STAGE_DUPLICATE;
+    } else {
+        s->active = false;
+    }
     if (causes && !s->drop_irq) {
-        dmagate_raise(s, causes);
+        return dmagate_raise(s, causes);
     }
     return true;
 }
@@ -619,58 +891,105 @@ static int64_t dmagate_transfer_ns(DmagateState *s, uint32_t bytes)
     return muldiv64(bytes, 1000, s->bandwidth_mbps);
 }
 
-/*
- * The engine, run from a reentrancy-guarded bottom half: take descriptors
- * in order, move their data in timed chunks, post completions. It stops
- * when it must wait for time (the timer re-schedules it), for the driver
- * (doorbell or CQ_HEAD), or when its per-run budget is spent.
- */
-static void dmagate_run(void *opaque)
+/* The engine may take or move work now. */
+static bool dmagate_may_run(DmagateState *s)
 {
-    DmagateState *s = opaque;
-    uint32_t budget = DMAGATE_BH_BUDGET;
-
-    while (dmagate_enabled(s) &&
+    return !s->unrealized && runstate_is_running() && dmagate_enabled(s) &&
            !FIELD_EX32(s->status, STATUS, HALTED) &&
-           !FIELD_EX32(s->status, STATUS, STALLED)) {
+           !FIELD_EX32(s->status, STATUS, STALLED) && dmagate_in_d0(s);
+}
+
+/*
+ * One run of the engine: take descriptors in order, move their data in
+ * timed chunks, post completions. It stops when it must wait for time
+ * (the timer re-schedules it), for the driver (doorbell or CQ_HEAD),
+ * when its budget is spent (it re-schedules itself), or when the device
+ * was reset, disabled or unplugged by one of its own accesses.
+ */
+static void dmagate_engine(DmagateState *s)
+{
+    DmagateBudget budget = {
+        .bytes = DMAGATE_BH_BYTES,
+        .descriptors = DMAGATE_BH_DESCRIPTORS,
+        .sg_entries = DMAGATE_BH_SG_ENTRIES,
+    };
+    uint32_t epoch = s->epoch;
+
+    while (dmagate_may_run(s)) {
         if (!s->active) {
             if (s->sq_head == s->sq_tail) {
-                break;
+                return;
+            }
+            if (!budget.descriptors || !budget.sg_entries) {
+                qemu_bh_schedule(s->bh);
+                return;
             }
             if (!dmagate_bus_master(s)) {
                 dmagate_guest_error(s, "doorbell with bus mastering off",
                                     DMAGATE_ST_BUS_MASTER_OFF, 0);
                 dmagate_raise(s, R_INT_ERROR_MASK);
-                break;
-            }
-            if (!dmagate_fetch(s)) {
                 return;
             }
-            s->status = FIELD_DP32(s->status, STATUS, BUSY, 1);
+            if (!dmagate_fetch(s, &budget, epoch)) {
+                return;
+            }
             continue;
         }
-        if (!s->zero_delay && dmagate_now() < s->due_ns) {
+        /* The completion's extra delay holds in zero-delay mode too. */
+        if ((s->stage == STAGE_COMPLETE || !s->zero_delay) &&
+            dmagate_now() < s->due_ns) {
             timer_mod(s->timer, s->due_ns);
             return;
         }
-        if (s->done < s->limit) {
-            uint32_t moved;
+        if (s->stage == STAGE_DATA && s->done < s->limit) {
+            int64_t moved;
 
-            if (!budget) {
+            if (!budget.bytes) {
                 qemu_bh_schedule(s->bh);
                 return;
             }
-            moved = dmagate_step(s, MIN(budget, DMAGATE_CHUNK));
-            budget -= moved;
+            moved = dmagate_step(s, MIN(budget.bytes, DMAGATE_CHUNK), epoch);
+            if (moved < 0) {
+                return;
+            }
+            budget.bytes -= moved;
             s->due_ns += dmagate_transfer_ns(s, moved);
             continue;
         }
-        if (!dmagate_complete(s)) {
+        if (s->stage == STAGE_DATA) {
+            s->stage = STAGE_COMPLETE;
+            if (s->zero_delay) {
+                s->due_ns = dmagate_now();
+            }
+            s->due_ns += s->extra_delay_ns;
+            continue;
+        }
+        if (!dmagate_complete(s, epoch)) {
             return;
         }
     }
-    if (!s->active) {
-        s->status = FIELD_DP32(s->status, STATUS, BUSY, 0);
+}
+
+static void dmagate_drop_ref(void *opaque)
+{
+    object_unref(OBJECT(opaque));
+}
+
+static void dmagate_run(void *opaque)
+{
+    DmagateState *s = opaque;
+
+    object_ref(OBJECT(s));
+    dmagate_engine(s);
+    if (s->unrealized) {
+        /*
+         * Unplugged under the engine: the last reference may go with
+         * ours, and this guarded bottom half still writes the guard in
+         * the device when it returns.
+         */
+        aio_bh_schedule_oneshot(qemu_get_aio_context(), dmagate_drop_ref, s);
+    } else {
+        object_unref(OBJECT(s));
     }
 }
 
@@ -681,11 +1000,22 @@ static void dmagate_timer_cb(void *opaque)
     qemu_bh_schedule(s->bh);
 }
 
+static void dmagate_vm_state_change(void *opaque, bool running,
+                                    RunState state)
+{
+    DmagateState *s = opaque;
+
+    if (running) {
+        qemu_bh_schedule(s->bh);
+    }
+}
+
 /* Reset */
 
 static void dmagate_reset_state(DmagateState *s, const char *why)
 {
     trace_dmagate_reset(why);
+    s->epoch++;
     timer_del(s->timer);
     qemu_bh_cancel(s->bh);
     s->ctrl = 0;
@@ -704,9 +1034,11 @@ static void dmagate_reset_state(DmagateState *s, const char *why)
     s->cq_phase = 1;
     s->int_status = 0;
     s->int_mask = 0;
+    s->int_unsignalled = 0;
     s->time_hi = 0;
     memset(s->stats, 0, sizeof(s->stats));
     s->active = false;
+    s->stage = STAGE_DATA;
     dmagate_update_intx(s);
 }
 
@@ -724,16 +1056,36 @@ static bool dmagate_ring_ok(uint64_t base, uint32_t size, uint32_t entry)
            base <= UINT64_MAX - (uint64_t)size * entry + 1;
 }
 
+/* fault-spurious-irq: @count COMPLETION messages with no new completion. */
+static void dmagate_fire_spurious(DmagateState *s, uint32_t count)
+{
+    uint32_t epoch = s->epoch;
+
+    for (uint32_t i = 0; i < count; i++) {
+        s->stats[STAT_FAULTS]++;
+        trace_dmagate_fault(fault_names[FAULT_SPURIOUS_IRQ]);
+        s->int_status |= R_INT_COMPLETION_MASK;
+        if (!dmagate_signal(s, R_INT_COMPLETION_MASK)) {
+            return;
+        }
+    }
+    if (!dmagate_lost(s, epoch)) {
+        dmagate_update_intx(s);
+    }
+}
+
 static void dmagate_enable(DmagateState *s)
 {
+    uint32_t held = s->faults[FAULT_SPURIOUS_IRQ];
+
     if (!dmagate_ring_ok(s->sq_base, s->sq_size, DMAGATE_DESC_SIZE)) {
         dmagate_halt(s, "bad submission ring", DMAGATE_ST_BAD_RING,
-                     s->sq_base);
+                     0, s->sq_base);
         return;
     }
     if (!dmagate_ring_ok(s->cq_base, s->cq_size, DMAGATE_CPL_SIZE)) {
         dmagate_halt(s, "bad completion ring", DMAGATE_ST_BAD_RING,
-                     s->cq_base);
+                     0, s->cq_base);
         return;
     }
     s->sq_head = s->sq_tail = 0;
@@ -741,6 +1093,20 @@ static void dmagate_enable(DmagateState *s)
     s->cq_phase = 1;
     s->status = FIELD_DP32(s->status, STATUS, ENABLED, 1);
     trace_dmagate_enable(s->sq_base, s->sq_size, s->cq_base, s->cq_size);
+    /* Spurious interrupts set while disabled were held for this moment. */
+    s->faults[FAULT_SPURIOUS_IRQ] = 0;
+    dmagate_fire_spurious(s, held);
+}
+
+static void dmagate_disable(DmagateState *s)
+{
+    /* Abandons a descriptor in flight; rings stay set up, a stall stays. */
+    s->epoch++;
+    s->ctrl = 0;
+    s->active = false;
+    s->stage = STAGE_DATA;
+    timer_del(s->timer);
+    s->status = FIELD_DP32(s->status, STATUS, ENABLED, 0);
 }
 
 static void dmagate_write_ctrl(DmagateState *s, uint32_t val)
@@ -751,20 +1117,16 @@ static void dmagate_write_ctrl(DmagateState *s, uint32_t val)
     }
     if (val & ~R_CTRL_ENABLE_MASK) {
         dmagate_guest_error(s, "reserved CTRL bits set",
-                            DMAGATE_ST_BAD_DESCRIPTOR, val);
+                            DMAGATE_ST_BAD_ACCESS, A_CTRL);
     }
     if (FIELD_EX32(val, CTRL, ENABLE) && !FIELD_EX32(s->ctrl, CTRL, ENABLE)) {
         s->ctrl = R_CTRL_ENABLE_MASK;
         if (!FIELD_EX32(s->status, STATUS, HALTED)) {
             dmagate_enable(s);
         }
-    } else if (!FIELD_EX32(val, CTRL, ENABLE)) {
-        /* Disabling abandons a descriptor in flight; rings stay set up. */
-        s->ctrl = 0;
-        s->active = false;
-        timer_del(s->timer);
-        s->status &= ~(R_STATUS_ENABLED_MASK | R_STATUS_BUSY_MASK |
-                       R_STATUS_STALLED_MASK);
+    } else if (!FIELD_EX32(val, CTRL, ENABLE) &&
+               FIELD_EX32(s->ctrl, CTRL, ENABLE)) {
+        dmagate_disable(s);
     }
 }
 
@@ -790,11 +1152,47 @@ static void dmagate_write_index(DmagateState *s, uint32_t *reg,
     qemu_bh_schedule(s->bh);
 }
 
+static void dmagate_write_int_mask(DmagateState *s, uint32_t val)
+{
+    if (val & ~DMAGATE_INT_ALL) {
+        dmagate_guest_error(s, "reserved INT_MASK bits set",
+                            DMAGATE_ST_BAD_ACCESS, A_INT_MASK);
+    }
+    s->int_mask = val & DMAGATE_INT_ALL;
+    /* Causes latched while masked signal now; delivered ones do not. */
+    if (dmagate_signal(s, s->int_status & s->int_unsignalled)) {
+        dmagate_update_intx(s);
+    }
+}
+
+static void dmagate_write_int_ack(DmagateState *s, uint32_t val)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+
+    s->int_status &= ~val;
+    s->int_unsignalled &= ~val;
+    /* A message held by a masked vector is for a cause now handled. */
+    if (val & R_INT_COMPLETION_MASK) {
+        msix_clr_pending(pdev, DMAGATE_MSIX_VEC_COMPLETION);
+    }
+    if (val & R_INT_ERROR_MASK) {
+        msix_clr_pending(pdev, DMAGATE_MSIX_VEC_ERROR);
+    }
+    dmagate_update_intx(s);
+}
+
 static uint64_t dmagate_mmio_read(void *opaque, hwaddr addr, unsigned size)
 {
     DmagateState *s = opaque;
     uint64_t now;
     uint32_t val = 0;
+
+    if (size != 4 || addr % 4) {
+        qemu_log_mask(LOG_GUEST_ERROR, "%s: %u-byte read at 0x%" HWADDR_PRIx
+                      " refused: registers take aligned 32-bit accesses\n",
+                      TYPE_DMAGATE, size, addr);
+        return MAKE_64BIT_MASK(0, size * 8);
+    }
 
     switch (addr) {
     case A_ID:
@@ -815,7 +1213,7 @@ static uint64_t dmagate_mmio_read(void *opaque, hwaddr addr, unsigned size)
         val = s->ctrl;
         break;
     case A_STATUS:
-        val = s->status;
+        val = FIELD_DP32(s->status, STATUS, BUSY, s->active);
         break;
     case A_ERROR:
         val = s->error;
@@ -895,6 +1293,15 @@ static void dmagate_mmio_write(void *opaque, hwaddr addr, uint64_t data,
     DmagateState *s = opaque;
     uint32_t val = data;
 
+    if (size != 4 || addr % 4) {
+        qemu_log_mask(LOG_GUEST_ERROR, "%s: %u-byte write at 0x%"
+                      HWADDR_PRIx " dropped: registers take aligned 32-bit "
+                      "accesses\n", TYPE_DMAGATE, size, addr);
+        s->error = DMAGATE_ST_BAD_ACCESS;
+        s->error_addr = addr;
+        return;
+    }
+
     trace_dmagate_mmio_write(addr, val);
     switch (addr) {
     case A_CTRL:
@@ -938,18 +1345,11 @@ static void dmagate_mmio_write(void *opaque, hwaddr addr, uint64_t data,
         dmagate_write_index(s, &s->cq_head, dmagate_enabled(s) ? s->cq_size
                             : 0, val, addr);
         break;
-    case A_INT_MASK: {
-        uint32_t unmasked = s->int_mask & ~val;
-
-        s->int_mask = val & DMAGATE_INT_ALL;
-        /* Causes latched while masked signal when unmasked. */
-        dmagate_signal(s, s->int_status & unmasked);
-        dmagate_update_intx(s);
+    case A_INT_MASK:
+        dmagate_write_int_mask(s, val);
         break;
-    }
     case A_INT_ACK:
-        s->int_status &= ~val;
-        dmagate_update_intx(s);
+        dmagate_write_int_ack(s, val);
         break;
     default:
         qemu_log_mask(LOG_GUEST_ERROR, "%s: write of 0x%" PRIx32
@@ -959,18 +1359,24 @@ static void dmagate_mmio_write(void *opaque, hwaddr addr, uint64_t data,
     }
 }
 
+/*
+ * Every size reaches the handlers as the guest made it, so that a narrow,
+ * wide or misaligned access gets the datasheet's answer under any
+ * accelerator instead of being split or refused by the memory core.
+ */
 static const MemoryRegionOps dmagate_mmio_ops = {
     .read = dmagate_mmio_read,
     .write = dmagate_mmio_write,
     .endianness = DEVICE_LITTLE_ENDIAN,
     .valid = {
-        .min_access_size = 4,
-        .max_access_size = 4,
-        .unaligned = false,
+        .min_access_size = 1,
+        .max_access_size = 8,
+        .unaligned = true,
     },
     .impl = {
-        .min_access_size = 4,
-        .max_access_size = 4,
+        .min_access_size = 1,
+        .max_access_size = 8,
+        .unaligned = true,
     },
 };
 
@@ -980,22 +1386,38 @@ static void dmagate_write_config(PCIDevice *pdev, uint32_t addr, uint32_t val,
                                  int len)
 {
     DmagateState *s = DMAGATE(pdev);
+    bool was_d0 = dmagate_in_d0(s);
 
     pci_default_write_config(pdev, addr, val, len);
     pcie_cap_flr_write_config(pdev, addr, val, len);
     /* Enabling MSI or MSI-X hands the interrupt over from INTx. */
     dmagate_update_intx(s);
+    if (!was_d0 && dmagate_in_d0(s)) {
+        trace_dmagate_power("D0");
+        qemu_bh_schedule(s->bh);
+    } else if (was_d0 && !dmagate_in_d0(s)) {
+        trace_dmagate_power("D3hot");
+    }
 }
 
 static void dmagate_realize(PCIDevice *pdev, Error **errp)
 {
     DmagateState *s = DMAGATE(pdev);
+    int pm;
 
     pci_config_set_interrupt_pin(pdev->config, 1);
     memory_region_init_io(&s->mmio, OBJECT(s), &dmagate_mmio_ops, s,
                           "dmagate-regs", DMAGATE_REGS_SIZE);
     pci_register_bar(pdev, DMAGATE_REGS_BAR, PCI_BASE_ADDRESS_SPACE_MEMORY,
                      &s->mmio);
+
+    pm = pci_pm_init(pdev, DMAGATE_PM_CAP_OFFSET, errp);
+    if (pm < 0) {
+        return;
+    }
+    pci_set_word(pdev->config + pm + PCI_PM_PMC, PCI_PM_CAP_VER_1_2);
+    pci_set_word(pdev->config + pm + PCI_PM_CTRL, PCI_PM_CTRL_NO_SOFT_RESET);
+    pci_set_word(pdev->wmask + pm + PCI_PM_CTRL, PCI_PM_CTRL_STATE_MASK);
 
     if (pcie_endpoint_cap_init(pdev, 0x80) < 0) {
         error_setg(errp, "dmagate: cannot add the PCIe capability");
@@ -1017,6 +1439,7 @@ static void dmagate_realize(PCIDevice *pdev, Error **errp)
     s->bh = qemu_bh_new_guarded(dmagate_run, s,
                                 &DEVICE(pdev)->mem_reentrancy_guard);
     s->timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, dmagate_timer_cb, s);
+    s->vm_state = qemu_add_vm_change_state_handler(dmagate_vm_state_change, s);
     s->cq_phase = 1;
     return;
 
@@ -1030,9 +1453,13 @@ static void dmagate_exit(PCIDevice *pdev)
 {
     DmagateState *s = DMAGATE(pdev);
 
-    timer_free(s->timer);
-    qemu_bh_delete(s->bh);
-    g_free(s->bounce);
+    /* The engine may be on the stack (it unplugged itself): see the top. */
+    s->unrealized = true;
+    s->epoch++;
+    timer_del(s->timer);
+    qemu_bh_cancel(s->bh);
+    qemu_del_vm_change_state_handler(s->vm_state);
+    s->vm_state = NULL;
     msix_unuse_all_vectors(pdev);
     msix_uninit_exclusive_bar(pdev);
     msi_uninit(pdev);
@@ -1040,7 +1467,36 @@ static void dmagate_exit(PCIDevice *pdev)
     pci_set_irq(pdev, 0);
 }
 
+static void dmagate_instance_finalize(Object *obj)
+{
+    DmagateState *s = DMAGATE(obj);
+
+    if (s->timer) {
+        timer_free(s->timer);
+    }
+    if (s->bh) {
+        qemu_bh_delete(s->bh);
+    }
+    g_free(s->bounce);
+}
+
 /* QOM properties: configuration and fault knobs, settable at runtime. */
+
+typedef struct DmagateU64Prop {
+    const char *name;
+    const char *description;
+    size_t offset;
+    uint64_t max;
+} DmagateU64Prop;
+
+static const DmagateU64Prop dmagate_u64_props[] = {
+    { "latency-ns", "start latency of each descriptor (ns)",
+      offsetof(DmagateState, latency_ns), DMAGATE_MAX_DELAY_NS },
+    { "bandwidth-mbps", "transfer rate in MB/s (0: unlimited)",
+      offsetof(DmagateState, bandwidth_mbps), DMAGATE_MAX_BANDWIDTH_MBPS },
+    { "fault-extra-delay-ns", "extra time before every completion (ns)",
+      offsetof(DmagateState, extra_delay_ns), DMAGATE_MAX_DELAY_NS },
+};
 
 static void dmagate_get_u32(Object *obj, Visitor *v, const char *name,
                             void *opaque, Error **errp)
@@ -1058,10 +1514,19 @@ static void dmagate_set_u32(Object *obj, Visitor *v, const char *name,
     visit_type_uint32(v, name, field, errp);
 }
 
+static void dmagate_get_stat(Object *obj, Visitor *v, const char *name,
+                             void *opaque, Error **errp)
+{
+    uint64_t *field = (uint64_t *)((char *)obj + (uintptr_t)opaque);
+
+    visit_type_uint64(v, name, field, errp);
+}
+
 static void dmagate_get_u64(Object *obj, Visitor *v, const char *name,
                             void *opaque, Error **errp)
 {
-    uint64_t *field = (uint64_t *)((char *)obj + (uintptr_t)opaque);
+    const DmagateU64Prop *prop = opaque;
+    uint64_t *field = (uint64_t *)((char *)obj + prop->offset);
 
     visit_type_uint64(v, name, field, errp);
 }
@@ -1070,9 +1535,19 @@ static void dmagate_set_u64(Object *obj, Visitor *v, const char *name,
                             void *opaque, Error **errp)
 {
     DmagateState *s = DMAGATE(obj);
-    uint64_t *field = (uint64_t *)((char *)obj + (uintptr_t)opaque);
+    const DmagateU64Prop *prop = opaque;
+    uint64_t value;
 
-    if (visit_type_uint64(v, name, field, errp) && s->bh) {
+    if (!visit_type_uint64(v, name, &value, errp)) {
+        return;
+    }
+    if (value > prop->max) {
+        error_setg(errp, "%s: %" PRIu64 " is out of range (at most %" PRIu64
+                   ")", name, value, prop->max);
+        return;
+    }
+    *(uint64_t *)((char *)obj + prop->offset) = value;
+    if (s->bh) {
         /* A changed timing applies to what is still to come. */
         qemu_bh_schedule(s->bh);
     }
@@ -1088,21 +1563,19 @@ static void dmagate_set_spurious(Object *obj, Visitor *v, const char *name,
         return;
     }
     if (count > DMAGATE_MAX_SPURIOUS) {
-        error_setg(errp, "%s: at most %u interrupts at a time", name,
-                   DMAGATE_MAX_SPURIOUS);
+        error_setg(errp, "%s: %" PRIu32 " is out of range (at most %u "
+                   "interrupts at a time)", name, count, DMAGATE_MAX_SPURIOUS);
         return;
     }
-    if (!DEVICE(obj)->realized) {
+    if (!DEVICE(obj)->realized || !dmagate_enabled(s)) {
+        /* Held until the driver enables the device. */
         s->faults[FAULT_SPURIOUS_IRQ] = count;
         return;
     }
-    for (uint32_t i = 0; i < count; i++) {
-        s->stats[STAT_FAULTS]++;
-        trace_dmagate_fault(name);
-        s->int_status |= R_INT_COMPLETION_MASK;
-        dmagate_signal(s, R_INT_COMPLETION_MASK);
-    }
-    dmagate_update_intx(s);
+    object_ref(obj);
+    dmagate_fire_spurious(s, count);
+    /* A message may have unplugged the device: drop the last ref later. */
+    aio_bh_schedule_oneshot(qemu_get_aio_context(), dmagate_drop_ref, s);
 }
 
 static bool dmagate_get_zero_delay(Object *obj, Error **errp)
@@ -1128,33 +1601,111 @@ static void dmagate_instance_init(Object *obj)
     s->bandwidth_mbps = 1000;
 }
 
-/* The stream is as untrusted as the guest: check what indexes memory. */
+/* The SG entries still to walk cover what is left, each one in range. */
+static bool dmagate_sg_state_ok(DmagateState *s)
+{
+    uint64_t left = s->limit - s->done;
+
+    for (uint32_t i = s->sg_pos; left; i++) {
+        uint32_t from = i == s->sg_pos ? s->sg_off : 0;
+
+        if (i >= s->sg_count || s->sg_len[i] == 0 ||
+            s->sg_len[i] > DMAGATE_MAX_XFER || from >= s->sg_len[i] ||
+            s->sg_addr[i] > UINT64_MAX - s->sg_len[i] + 1) {
+            return false;
+        }
+        left -= MIN(left, s->sg_len[i] - from);
+    }
+    return true;
+}
+
+/* Why a descriptor in progress from a stream cannot be resumed, or NULL. */
+static const char *dmagate_active_state_error(DmagateState *s)
+{
+    if (!dmagate_enabled(s) || FIELD_EX32(s->status, STATUS, HALTED)) {
+        return "descriptor in progress on a disabled or halted device";
+    }
+    if (s->stage >= STAGE_COUNT) {
+        return "descriptor stage";
+    }
+    if (s->index >= s->sq_size) {
+        return "descriptor index";
+    }
+    if (s->result > DMAGATE_ST_SHORT) {
+        return "descriptor result";
+    }
+    if (s->done > s->limit) {
+        return "descriptor progress";
+    }
+    if (s->limit == 0) {
+        return NULL;    /* refused or failed at once: nothing to walk */
+    }
+    if (s->opcode < DMAGATE_OP_FILL || s->opcode > DMAGATE_OP_TRANSFORM) {
+        return "descriptor opcode";
+    }
+    if (s->length == 0 || s->length > DMAGATE_MAX_XFER ||
+        s->limit > s->length) {
+        return "descriptor length or limit";
+    }
+    if (s->sg_count == 0 || s->sg_count > DMAGATE_MAX_SEGMENTS ||
+        !dmagate_sg_state_ok(s)) {
+        return "descriptor SG list or position";
+    }
+    return NULL;
+}
+
+/* Why the loaded state is not one the device can be in, or NULL. */
+static const char *dmagate_state_error(DmagateState *s)
+{
+    if (s->ctrl & ~R_CTRL_ENABLE_MASK ||
+        s->status & ~DMAGATE_STATUS_STORED ||
+        (dmagate_enabled(s) && !FIELD_EX32(s->ctrl, CTRL, ENABLE))) {
+        return "CTRL or STATUS";
+    }
+    if ((s->int_status | s->int_mask | s->int_unsignalled) &
+        ~DMAGATE_INT_ALL || s->cq_phase > 1) {
+        return "interrupt or phase state";
+    }
+    /* Ring registers matter only while enabled; enabling re-checks them. */
+    if (dmagate_enabled(s) &&
+        (!dmagate_ring_ok(s->sq_base, s->sq_size, DMAGATE_DESC_SIZE) ||
+         !dmagate_ring_ok(s->cq_base, s->cq_size, DMAGATE_CPL_SIZE) ||
+         s->sq_head >= s->sq_size || s->sq_tail >= s->sq_size ||
+         s->cq_head >= s->cq_size || s->cq_tail >= s->cq_size)) {
+        return "ring registers";
+    }
+    for (int i = 0; i < ARRAY_SIZE(dmagate_u64_props); i++) {
+        const DmagateU64Prop *prop = &dmagate_u64_props[i];
+
+        if (*(uint64_t *)((char *)s + prop->offset) > prop->max) {
+            return prop->name;
+        }
+    }
+    if (s->faults[FAULT_SPURIOUS_IRQ] > DMAGATE_MAX_SPURIOUS) {
+        return fault_names[FAULT_SPURIOUS_IRQ];
+    }
+    return s->active ? dmagate_active_state_error(s) : NULL;
+}
+
+/* The stream is as untrusted as the guest: check everything it carries. */
 static int dmagate_post_load(void *opaque, int version_id)
 {
     DmagateState *s = opaque;
+    const char *error = dmagate_state_error(s);
 
-    if ((s->sq_size && (s->sq_head >= s->sq_size ||
-                        s->sq_tail >= s->sq_size)) ||
-        (s->cq_size && (s->cq_head >= s->cq_size ||
-                        s->cq_tail >= s->cq_size))) {
+    if (error) {
+        error_report("%s: migration stream refused: invalid %s", TYPE_DMAGATE,
+                     error);
         return -EINVAL;
     }
-    if (s->active &&
-        (s->sg_count > DMAGATE_MAX_SEGMENTS || s->limit > s->length ||
-         s->done > s->limit || s->sg_pos > s->sg_count ||
-         (s->done < s->limit &&
-          (s->sg_pos == s->sg_count ||
-           s->sg_off >= s->sg_len[s->sg_pos])))) {
-        return -EINVAL;
-    }
-    qemu_bh_schedule(s->bh);
+    /* The engine resumes when the VM runs (dmagate_vm_state_change). */
     return 0;
 }
 
 static const VMStateDescription vmstate_dmagate = {
     .name = TYPE_DMAGATE,
-    .version_id = 1,
-    .minimum_version_id = 1,
+    .version_id = 2,
+    .minimum_version_id = 2,
     .post_load = dmagate_post_load,
     .fields = (const VMStateField[]) {
         VMSTATE_PCI_DEVICE(parent_obj, DmagateState),
@@ -1175,9 +1726,11 @@ static const VMStateDescription vmstate_dmagate = {
         VMSTATE_UINT32(cq_phase, DmagateState),
         VMSTATE_UINT32(int_status, DmagateState),
         VMSTATE_UINT32(int_mask, DmagateState),
+        VMSTATE_UINT32(int_unsignalled, DmagateState),
         VMSTATE_UINT32(time_hi, DmagateState),
         VMSTATE_UINT64_ARRAY(stats, DmagateState, STAT_COUNT),
         VMSTATE_BOOL(active, DmagateState),
+        VMSTATE_UINT8(stage, DmagateState),
         VMSTATE_UINT32(index, DmagateState),
         VMSTATE_UINT8(opcode, DmagateState),
         VMSTATE_UINT8(flags, DmagateState),
@@ -1197,6 +1750,7 @@ static const VMStateDescription vmstate_dmagate = {
         VMSTATE_BOOL(drop_irq, DmagateState),
         VMSTATE_BOOL(duplicate, DmagateState),
         VMSTATE_INT64(due_ns, DmagateState),
+        VMSTATE_INT64(cpl_time_ns, DmagateState),
         VMSTATE_TIMER_PTR(timer, DmagateState),
         VMSTATE_UINT64(latency_ns, DmagateState),
         VMSTATE_UINT64(bandwidth_mbps, DmagateState),
@@ -1212,18 +1766,6 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
     DeviceClass *dc = DEVICE_CLASS(oc);
     PCIDeviceClass *pc = PCI_DEVICE_CLASS(oc);
     ResettableClass *rc = RESETTABLE_CLASS(oc);
-    static const struct {
-        const char *name;
-        const char *description;
-        size_t offset;
-    } u64_props[] = {
-        { "latency-ns", "start latency of each descriptor (ns)",
-          offsetof(DmagateState, latency_ns) },
-        { "bandwidth-mbps", "transfer rate in MB/s (0: unlimited)",
-          offsetof(DmagateState, bandwidth_mbps) },
-        { "fault-extra-delay-ns", "extra time added to every descriptor",
-          offsetof(DmagateState, extra_delay_ns) },
-    };
 
     pc->realize = dmagate_realize;
     pc->exit = dmagate_exit;
@@ -1238,12 +1780,13 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
 
     dc->vmsd = &vmstate_dmagate;
 
-    for (int i = 0; i < ARRAY_SIZE(u64_props); i++) {
-        object_class_property_add(oc, u64_props[i].name, "uint64",
-                                  dmagate_get_u64, dmagate_set_u64, NULL,
-                                  (void *)u64_props[i].offset);
-        object_class_property_set_description(oc, u64_props[i].name,
-                                              u64_props[i].description);
+    for (int i = 0; i < ARRAY_SIZE(dmagate_u64_props); i++) {
+        const DmagateU64Prop *prop = &dmagate_u64_props[i];
+
+        object_class_property_add(oc, prop->name, "uint64", dmagate_get_u64,
+                                  dmagate_set_u64, NULL, (void *)prop);
+        object_class_property_set_description(oc, prop->name,
+                                              prop->description);
     }
     object_class_property_add_bool(oc, "zero-delay", dmagate_get_zero_delay,
                                    dmagate_set_zero_delay);
@@ -1262,7 +1805,7 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
     }
     for (int i = 0; i < STAT_COUNT; i++) {
         object_class_property_add(oc, stat_names[i], "uint64",
-                                  dmagate_get_u64, NULL, NULL,
+                                  dmagate_get_stat, NULL, NULL,
                                   (void *)(offsetof(DmagateState, stats) +
                                            i * sizeof(uint64_t)));
     }
@@ -1273,6 +1816,7 @@ static const TypeInfo dmagate_info = {
     .parent = TYPE_PCI_DEVICE,
     .instance_size = sizeof(DmagateState),
     .instance_init = dmagate_instance_init,
+    .instance_finalize = dmagate_instance_finalize,
     .class_init = dmagate_class_init,
     .interfaces = (InterfaceInfo[]) {
         { INTERFACE_PCIE_DEVICE },
