@@ -72,18 +72,18 @@ class QTestMachine:
             env={**os.environ, **sanitizers},
             start_new_session=True, preexec_fn=die_with_parent()  # noqa: PLW1509 - one prctl, see die_with_parent,
         )
-        listener.settimeout(timeout)
         try:
-            self._sock, _ = listener.accept()
-        except TimeoutError as err:
-            self.kill()
-            raise QTestError(f"QEMU did not connect to qtest: {self._last_words()}") from err
+            self._sock = self._accept(listener, timeout)
         finally:
             listener.close()
         self._buffer = b""
         self.irq_events: list[tuple[str, int]] = []
         self.qmp = QMP(qmp_path, Transcript(workdir / "qmp.log"))
-        self.qmp.connect(timeout, alive=self.alive)
+        try:
+            self.qmp.connect(timeout, alive=self.alive)
+        except ConnectionError as err:
+            self.kill()
+            raise QTestError(f"QEMU exited at start: {self._last_words()}") from err
 
     # -- plumbing -------------------------------------------------------------
 
@@ -95,6 +95,23 @@ class QTestMachine:
         """ASan, LSan and UBSan reports in QEMU's stderr. Complete only once
         QEMU is gone (LeakSanitizer reports at exit): call close() first."""
         return scan_log(self.stderr_log)
+
+    def _accept(self, listener: socket.socket, timeout: float) -> socket.socket:
+        """QEMU's qtest connection; fails at once if QEMU exits first (a
+        refused -device option, say) instead of waiting out ``timeout``."""
+        listener.settimeout(0.05)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return listener.accept()[0]
+            except TimeoutError:
+                if not self.alive() or time.monotonic() > deadline:
+                    break
+        self.kill()
+        raise QTestError(f"QEMU did not connect to qtest: {self._last_words()}")
+
+    def _gone(self) -> QTestError:
+        return QTestError(f"QEMU closed qtest; it said:\n{self._last_words()}")
 
     def _last_words(self) -> str:
         """Why QEMU went away: a sanitizer report if it printed one (it is
@@ -114,15 +131,20 @@ class QTestMachine:
                 data = self._sock.recv(1 << 20)
             except TimeoutError as err:
                 raise QTestError("qtest: no answer") from err
+            except OSError as err:  # ECONNRESET: QEMU died with our command unread
+                raise self._gone() from err
             if not data:
-                raise QTestError(f"QEMU closed qtest; it said:\n{self._last_words()}")
+                raise self._gone()
             chunks.append(data)
         line, _, self._buffer = b"".join(chunks).partition(b"\n")
         return line.decode()
 
     def command(self, line: str) -> list[str]:
         """Send one command; return the words of its OK reply."""
-        self._sock.sendall(line.encode() + b"\n")
+        try:
+            self._sock.sendall(line.encode() + b"\n")
+        except OSError as err:  # EPIPE or ECONNRESET: QEMU died since the last reply
+            raise self._gone() from err
         while True:
             reply = self._readline()
             if reply.startswith("IRQ "):

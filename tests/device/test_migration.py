@@ -6,11 +6,12 @@ dmagate.migstream, whose own tests against a real stream come first."""
 from __future__ import annotations
 
 import contextlib
-import functools
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,11 +86,11 @@ def capture(machine: QTestMachine, dev: Dmagate, path: Path) -> Saved:
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Saved]]:
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Saved]:
     """Two streams made once for the module: "mid-transfer" (the 8 MiB FILL
     about 2 MiB in) and "idle" (enabled, three FILLs done, INT_MASK set)."""
     root = tmp_path_factory.mktemp("streams")
-    streams = {}
+    streams: dict[str, Saved] = {}
     with like_make_machine(root / "mid-source") as machine:
         dev = Dmagate(machine, SLOT)
         dev.setup(SQ, RING, CQ, RING, SG)
@@ -111,7 +112,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Saved]
     assert 0 < position < len(SEGMENTS) - 1 and section.read("sg_off"), (
         f"saved in SG entry {position} at {section.read('sg_off')}: the corruption "
         "cases want one in the middle of an entry with entries on both sides")
-    yield streams
+    return streams
 
 
 def the_device(path: Path) -> tuple[MigrationStream, Section]:
@@ -119,8 +120,32 @@ def the_device(path: Path) -> tuple[MigrationStream, Section]:
     return stream, stream.section("dmagate")
 
 
-def machine128(make_machine: Callable[..., QTestMachine]) -> Callable[..., QTestMachine]:
-    return functools.partial(make_machine, memory_mib=MEMORY_MIB)
+def last_words(machine: QTestMachine) -> str:
+    """How a dead QEMU ended: its exit status and the end of its stderr."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        machine.proc.wait(timeout=5)  # its last lines are in the log once it is gone
+    return f"exit status {machine.proc.returncode}:\n{machine.stderr()}"
+
+
+def load(make_machine: Callable[..., QTestMachine], state: Path,
+         device: str = "") -> tuple[QTestMachine, str]:
+    """load_state() into a machine of MEMORY_MIB; a QEMU that dies in it (say
+    on load_state's `cont`) fails the test with QEMU's last words."""
+    made: list[QTestMachine] = []
+
+    def make(*args: Any, **kwargs: Any) -> QTestMachine:
+        made.append(make_machine(*args, memory_mib=MEMORY_MIB, **kwargs))
+        return made[-1]
+
+    try:
+        return load_state(make, state, device=device)
+    except Exception:
+        if made:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                made[0].proc.wait(timeout=2)  # a QEMU on its way out is not reaped yet
+            if not made[0].alive():
+                pytest.fail(f"QEMU died loading {state.name}, {last_words(made[0])}")
+        raise
 
 
 def view_of(machine: QTestMachine, saved: Saved) -> Dmagate:
@@ -136,7 +161,6 @@ def view_of(machine: QTestMachine, saved: Saved) -> Dmagate:
 def assert_fill_finishes(dev: Dmagate) -> None:
     """The saved 8 MiB FILL completes, with the right data (as
     test_migration_mid_transfer checks it)."""
-    assert dev.read("STATUS") & HW["STATUS_BUSY"]
     (done,) = dev.wait()
     assert (done.status, done.bytes_done) == (HW["ST_OK"], SIZE)
     data = dev.qt.memread(DATA, SIZE)
@@ -152,7 +176,7 @@ def test_stream_holds_the_programmed_registers(saved: dict[str, Saved]) -> None:
     stream, section = the_device(idle.path)
     assert stream.section(section.idstr) is section
     assert section.idstr.endswith("/dmagate") and section.vmsd_name == "dmagate"
-    assert section.version_id == stream.devices[stream.sections.index(section)]["version"]
+    assert section.version_id == section.description["version"]
     seen = idle.registers
     for name in ("ctrl", "status", "error", "sq_base", "sq_size", "sq_head", "sq_tail",
                  "cq_base", "cq_size", "cq_head", "cq_tail", "int_status", "int_mask"):
@@ -249,7 +273,7 @@ def test_patched_stream_loads_into_the_device(
     section.write("int_mask", mask)
     section.write("stats", 12345, 4)  # STAT_FAULTS
     stream.save(tmp_path / "patched")
-    target, status = load_state(machine128(make_machine), tmp_path / "patched")
+    target, status = load(make_machine, tmp_path / "patched")
     assert status == "completed", target.stderr()
     dev = view_of(target, saved["idle"])
     assert dev.read("INT_MASK") == mask
@@ -278,7 +302,7 @@ def test_disabled_device_with_a_shrunk_ring_migrates(
     assert (before["SQ_SIZE"], before["SQ_HEAD"], before["CTRL"]) == (2, 5, 0)
     save_state(source, tmp_path / "state")
 
-    target, status = load_state(machine128(make_machine), tmp_path / "state", device=timing)
+    target, status = load(make_machine, tmp_path / "state", device=timing)
     assert status == "completed", f"a guest-reachable state was refused:\n{target.stderr()}"
     moved = Dmagate(target, SLOT, configure=False)
     assert registers(moved) == before
@@ -341,6 +365,15 @@ def run_a_while(machine: QTestMachine) -> None:
         pass
 
 
+def still_up(machine: QTestMachine) -> bool:
+    """QEMU answers on QMP and on qtest."""
+    with contextlib.suppress(Exception):
+        machine.qmp.cmd("query-status")
+        machine.readl(0)
+        return machine.alive()
+    return False
+
+
 @pytest.mark.parametrize(("kind", "corrupt"), [pytest.param(kind, corrupt, id=name)
                                                for name, kind, corrupt in CORRUPTIONS])
 def test_corrupted_stream_is_refused(
@@ -353,11 +386,10 @@ def test_corrupted_stream_is_refused(
     assert stream.data != original, "the corruption changed nothing"
     stream.save(tmp_path / "corrupt")
 
-    target, status = load_state(machine128(make_machine), tmp_path / "corrupt")
+    target, status = load(make_machine, tmp_path / "corrupt")
     if status == "completed":
         run_a_while(target)
-    assert target.alive(), f"QEMU died (load {status}):\n{target.stderr()}"
-    assert target.qmp.cmd("query-status")["status"]
+    assert still_up(target), f"QEMU died after the load {status}, {last_words(target)}"
     assert status == "failed", "the device accepted the corrupted stream"
     assert "load of migration failed" in target.qmp.cmd("query-migrate").get("error-desc", "")
     assert f"of device '{section.idstr}'" in target.stderr()
@@ -368,10 +400,11 @@ def test_unmodified_stream_loads(
     saved: dict[str, Saved], make_machine: Callable[..., QTestMachine], kind: str
 ) -> None:
     """The control for the corruptions: the same streams, untouched, load and run."""
-    target, status = load_state(machine128(make_machine), saved[kind].path)
+    target, status = load(make_machine, saved[kind].path)
     assert status == "completed", target.stderr()
     dev = view_of(target, saved[kind])
     if kind == MID:
+        assert dev.read("STATUS") & HW["STATUS_BUSY"]
         assert_fill_finishes(dev)
         return
     assert registers(dev) == saved[kind].registers
@@ -439,5 +472,6 @@ def test_loaded_transfer_waits_for_cont(
     assert memory[:done] == saved[MID].memory[:done]
     assert memory[done:] == bytes(SIZE - done), "DMA before `cont`"
     assert dev.read("CQ_TAIL") == 0, "a completion before `cont`"
-    target.qmp.cmd("cont")
+    assert dev.read("STATUS") & HW["STATUS_BUSY"], "the transfer is not in progress"
+    target.qmp.cmd("cont")  # zero-delay: it may be done before STATUS could be read
     assert_fill_finishes(dev)
