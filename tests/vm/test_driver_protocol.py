@@ -11,6 +11,7 @@ import pytest
 
 from dmagate.devicefaults import device_faults
 from dmagate.guesttool import EXIT_OK, dmagatectl, driver_stats, stats_delta
+from dmagate.hwregs import HW
 from dmagate.vm import VM
 
 PAGE = 4096
@@ -28,8 +29,8 @@ def test_info_describes_driver_and_device(vm: VM) -> None:
     info = dmagatectl(vm, "info")
     assert info.status == EXIT_OK, info.describe()
     assert info.lines == [{
-        "version": "1", "max_buffer": str(64 << 20), "device_version": "0x00010000",
-        "irq_mode": "msix",
+        "version": "1", "max_buffer": str(64 << 20),
+        "device_version": f"0x{HW['VERSION_VALUE']:08x}", "irq_mode": "msix",
     }]
     assert vm.run("stat -c '%a %t' /dev/dmagate0", check=True).stdout.split()[0] == "600"
 

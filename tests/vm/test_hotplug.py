@@ -7,7 +7,10 @@ import re
 from collections.abc import Callable
 
 from dmagate.guesttool import wait_device_deleted, wait_for
+from dmagate.hwregs import HW
 from dmagate.vm import VM
+
+DEVICE_VERSION = f"{HW['VERSION_VALUE'] >> 16}\\.{HW['VERSION_VALUE'] & 0xFFFF}"
 
 
 def test_hot_plug_and_unplug_behind_root_port(make_vm: Callable[..., VM]) -> None:
@@ -20,7 +23,7 @@ def test_hot_plug_and_unplug_behind_root_port(make_vm: Callable[..., VM]) -> Non
     log = wait_for(guest, "dmesg", r"dmagate 0000:01:00\.0: /dev/dmagate0, MSI-X interrupts$", 10)
     listing = guest.run("dmagatectl list", check=True).stdout
     assert re.fullmatch(r"0000:01:00\.0 1234:d6a7 driver=dmagate\n", listing), listing
-    assert re.search(r"dmagate 0000:01:00\.0: bound, device version 1\.0", log)
+    assert re.search(rf"dmagate 0000:01:00\.0: bound, device version {DEVICE_VERSION}", log)
 
     guest.qmp.cmd("device_del", id="hp0")
     wait_device_deleted(guest, "hp0")
