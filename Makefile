@@ -48,7 +48,7 @@ $(QEMU): $(QEMU_INPUTS) | deps
 	@qemu-device/build.sh $(QEMU)
 	@touch $(QEMU)
 
-qemu-asan: deps $(QEMU_ASAN) ## QEMU as above, built with ASan and UBSan (~3x slower)
+qemu-asan: deps $(QEMU_ASAN) ## the same QEMU built with ASan and UBSan, for device-test-asan
 
 $(QEMU_ASAN): $(QEMU_INPUTS) | deps
 	@qemu-device/build.sh --sanitize $(QEMU_ASAN)
@@ -87,7 +87,7 @@ vm-test: image ## the VM tests on KERNEL
 	@$(VENV)/bin/pytest tests/vm --kernel $(KERNEL) $(PYTEST_ARGS) \
 		--junitxml=$(BUILD)/test-results/vm-$(KERNEL).xml
 
-test: lint qemu ## everything: lint, unit, device (plain and sanitizer QEMU), VM tests on TEST_KERNELS
+test: lint qemu ## everything: lint, unit, device (plain, then ASan/UBSan), VM tests (TEST_KERNELS)
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
 	@$(MAKE) --no-print-directory device-test
 	@$(MAKE) --no-print-directory device-test-asan

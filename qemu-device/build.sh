@@ -48,7 +48,7 @@ configure_flags=(
 	--disable-docs --disable-rust --disable-user --disable-tools
 	--disable-install-blobs
 )
-sanitizers_json='[]' # in build-info.json: what the harness and a reader check
+sanitizers_json='[]' # recorded in build-info.json
 if [ "$sanitize" = 1 ]; then
 	# Frame pointers let ASan's fast unwinder record whole allocation and
 	# free stacks (and LeakSanitizer's), which -O2 would otherwise cut short.

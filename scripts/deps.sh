@@ -13,6 +13,9 @@ readonly PACKAGES=(
 	build-essential ninja-build pkg-config flex bison
 	libglib2.0-dev libpixman-1-dev libslirp-dev libfdt-dev zlib1g-dev
 	xz-utils
+	# make qemu-asan: gcc 12's ASan and UBSan runtimes (build-essential brings
+	# them through libgcc-12-dev; named so the dependency is not an accident)
+	libasan8 libubsan1
 	# firmware and option ROMs QEMU's +ds tarball does not carry
 	qemu-system-data seabios
 	# guest image

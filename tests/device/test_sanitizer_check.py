@@ -15,8 +15,9 @@ HOLDER = Path(__file__).parent / "holders" / "sanitizer_report.py"
 HEADLINE = "sample.c:12:34: runtime error: shift exponent 32"
 
 
-def run_holder(tmp_path: Path) -> dict[str, ET.Element]:
-    """Each holder test's <testcase> element, by test name."""
+def run_holder(tmp_path: Path) -> dict[str, dict[str, str]]:
+    """Each holder test's outcomes: "failure" (the call) and "error" (the
+    teardown) -> message and text. JUnit gives each its own <testcase>."""
     junit = tmp_path / "holder.xml"
     child = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HOLDER),
@@ -25,25 +26,25 @@ def run_holder(tmp_path: Path) -> dict[str, ET.Element]:
         check=False,
     )
     assert child.returncode == 1, child.stdout + child.stderr
-    return {case.get("name", ""): case for case in ET.parse(junit).iter("testcase")}
-
-
-def outcomes(case: ET.Element) -> dict[str, str]:
-    """"failure"/"error" -> its message and text, for one <testcase>."""
-    return {child.tag: f"{child.get('message')}\n{child.text}"
-            for child in case if child.tag in ("failure", "error")}
+    outcomes: dict[str, dict[str, str]] = {}
+    for case in ET.parse(junit).iter("testcase"):
+        found = outcomes.setdefault(case.get("name", ""), {})
+        for outcome in case:
+            if outcome.tag in ("failure", "error"):
+                found[outcome.tag] = f"{outcome.get('message')}\n{outcome.text}"
+    return outcomes
 
 
 def test_report_fails_its_test(tmp_path: Path) -> None:
-    cases = run_holder(tmp_path)
+    outcomes = run_holder(tmp_path)
 
-    at_exit = outcomes(cases["test_report_at_exit"])
+    at_exit = outcomes["test_report_at_exit"]
     assert set(at_exit) == {"error"}, at_exit  # the test passed; its teardown did not
     assert HEADLINE in at_exit["error"]
     assert "#0 0x5581e2a5c0de in sample_write" in at_exit["error"]
     assert "qemu-stderr.log" in at_exit["error"]
 
-    mid_test = outcomes(cases["test_report_kills_qemu"])
+    mid_test = outcomes["test_report_kills_qemu"]
     assert set(mid_test) == {"failure", "error"}, mid_test
     assert "QEMU closed qtest" in mid_test["failure"]
     assert HEADLINE in mid_test["failure"]
