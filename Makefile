@@ -44,15 +44,16 @@ $(VENV)/.installed: pyproject.toml
 
 qemu: deps $(QEMU) ## QEMU from Debian's source with the device built in
 
+# The binary is stamped with the time its build started, so an input edited
+# during the build leaves it stale for the next make.
 $(QEMU): $(QEMU_INPUTS) | deps
-	@qemu-device/build.sh $(QEMU)
-	@touch $(QEMU)
+	@start=$$(date +%s); qemu-device/build.sh $(QEMU) && touch -d @$$start $(QEMU)
 
 qemu-asan: deps $(QEMU_ASAN) ## the same QEMU built with ASan and UBSan, for device-test-asan
 
 $(QEMU_ASAN): $(QEMU_INPUTS) | deps
-	@qemu-device/build.sh --sanitize $(QEMU_ASAN)
-	@touch $(QEMU_ASAN)
+	@start=$$(date +%s); qemu-device/build.sh --sanitize $(QEMU_ASAN) && \
+		touch -d @$$start $(QEMU_ASAN)
 
 driver: deps ## the guest modules and tools, against KERNEL's headers
 	@$(PY) images/build_image.py --flavour $(KERNEL) --out $(IMAGE) --driver-only
