@@ -338,6 +338,18 @@ def test_faults_fire_only_where_they_have_an_effect(dev: Dmagate) -> None:
     assert qom_get(dev, "stat-faults") == 2
 
 
+def test_no_fault_fires_on_a_refused_descriptor(dev: Dmagate) -> None:
+    for fault in ("fault-drop-irq", "fault-dma-error", "fault-duplicate-completion",
+                  "fault-stall"):
+        qom_set(dev, fault, 1)
+    dev.submit(FILL, [(DATA, 4096)], flags=0x80)  # reserved flag: BAD_DESCRIPTOR
+    (done,) = dev.wait()
+    assert done.status == HW["ST_BAD_DESCRIPTOR"]
+    assert dev.read("INT_STATUS") & HW["INT_ERROR"], "the refusal's interrupt was dropped"
+    assert qom_get(dev, "stat-faults") == 0
+    assert qom_get(dev, "fault-drop-irq") == 1
+
+
 # -- Work per bottom half -----------------------------------------------------------------------
 
 

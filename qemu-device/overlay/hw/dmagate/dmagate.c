@@ -198,6 +198,7 @@ typedef struct DmagateState {
     uint32_t done;
     uint32_t limit;         /* stop after this many bytes */
     uint16_t result;        /* status reported when done */
+    bool accepted;          /* passed the checks: faults may apply */
     uint32_t crc;
     bool corrupt;
     bool drop_irq;
@@ -765,6 +766,7 @@ static bool dmagate_fetch(DmagateState *s, DmagateBudget *budget,
     s->corrupt = false;
     s->drop_irq = false;
     s->duplicate = false;
+    s->accepted = false;
     trace_dmagate_desc_fetch(s->index, s->opcode, s->tag, s->length,
                              s->sg_count);
 
@@ -780,6 +782,7 @@ static bool dmagate_fetch(DmagateState *s, DmagateBudget *budget,
     }
 
     s->limit = s->length;
+    s->accepted = true;
     dmagate_arm_faults(s);
     if (!s->zero_delay) {
         s->due_ns += s->latency_ns;
@@ -869,7 +872,8 @@ static bool dmagate_complete(DmagateState *s, uint32_t epoch)
             s->error = s->result;
             s->error_index = s->index;
         }
-        s->drop_irq = causes && dmagate_fault_fires(s, FAULT_DROP_IRQ);
+        s->drop_irq = causes && s->accepted &&
+                      dmagate_fault_fires(s, FAULT_DROP_IRQ);
     }
     if (first && s->duplicate) {
         s->stage = STAGE_DUPLICATE;
@@ -1745,6 +1749,7 @@ static const VMStateDescription vmstate_dmagate = {
         VMSTATE_UINT32(done, DmagateState),
         VMSTATE_UINT32(limit, DmagateState),
         VMSTATE_UINT16(result, DmagateState),
+        VMSTATE_BOOL(accepted, DmagateState),
         VMSTATE_UINT32(crc, DmagateState),
         VMSTATE_BOOL(corrupt, DmagateState),
         VMSTATE_BOOL(drop_irq, DmagateState),
