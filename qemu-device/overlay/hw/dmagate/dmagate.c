@@ -49,6 +49,7 @@
 #include <zlib.h>
 
 #include "dmagate_hw.h"
+#include "dmagate-faults.h"
 #include "trace.h"
 
 #define TYPE_DMAGATE "dmagate"
@@ -103,25 +104,14 @@ enum {
     STAT_COUNT,
 };
 
-enum {
-    FAULT_DMA_ERROR,
-    FAULT_DROP_IRQ,
-    FAULT_SPURIOUS_IRQ,
-    FAULT_DUPLICATE_COMPLETION,
-    FAULT_CORRUPT,
-    FAULT_PARTIAL,
-    FAULT_STALL,
-    FAULT_COUNT,
-};
-
-static const char *const fault_names[FAULT_COUNT] = {
-    [FAULT_DMA_ERROR] = "fault-dma-error",
-    [FAULT_DROP_IRQ] = "fault-drop-irq",
-    [FAULT_SPURIOUS_IRQ] = "fault-spurious-irq",
-    [FAULT_DUPLICATE_COMPLETION] = "fault-duplicate-completion",
-    [FAULT_CORRUPT] = "fault-corrupt",
-    [FAULT_PARTIAL] = "fault-partial",
-    [FAULT_STALL] = "fault-stall",
+static const char *const fault_names[DMAGATE_FAULT_COUNT] = {
+    [DMAGATE_FAULT_DMA_ERROR] = "fault-dma-error",
+    [DMAGATE_FAULT_DROP_IRQ] = "fault-drop-irq",
+    [DMAGATE_FAULT_SPURIOUS_IRQ] = "fault-spurious-irq",
+    [DMAGATE_FAULT_DUPLICATE_COMPLETION] = "fault-duplicate-completion",
+    [DMAGATE_FAULT_CORRUPT] = "fault-corrupt",
+    [DMAGATE_FAULT_PARTIAL] = "fault-partial",
+    [DMAGATE_FAULT_STALL] = "fault-stall",
 };
 
 static const char *const stat_names[STAT_COUNT] = {
@@ -210,7 +200,8 @@ typedef struct DmagateState {
     uint64_t latency_ns;
     uint64_t bandwidth_mbps;
     bool zero_delay;
-    uint32_t faults[FAULT_COUNT];
+    uint32_t faults[DMAGATE_FAULT_COUNT];
+    DmagateRuleSet rules;
     uint64_t extra_delay_ns;
 } DmagateState;
 
@@ -264,18 +255,28 @@ static uint16_t dmagate_reject(DmagateState *s, const char *why,
     return status;
 }
 
-/* Fault knobs: true if the fault fires now (the caller applies it). */
+/*
+ * Fault knobs and rules: true if @fault fires now on the current
+ * descriptor (the caller applies it). Every rule for @fault counts it.
+ */
 static bool dmagate_fault_fires(DmagateState *s, int fault)
 {
-    if (!s->faults[fault]) {
-        return false;
+    int rule;
+    bool fires = dmagate_rules_fire(&s->rules, fault, s->opcode, s->length,
+                                    s->index, &rule);
+
+    if (s->faults[fault]) {
+        fires = true;
+        rule = -1;
+        if (s->faults[fault] != DMAGATE_FAULT_ALWAYS) {
+            s->faults[fault]--;
+        }
     }
-    if (s->faults[fault] != DMAGATE_FAULT_ALWAYS) {
-        s->faults[fault]--;
+    if (fires) {
+        s->stats[STAT_FAULTS]++;
+        trace_dmagate_fault(fault_names[fault], s->index, rule);
     }
-    s->stats[STAT_FAULTS]++;
-    trace_dmagate_fault(fault_names[fault]);
-    return true;
+    return fires;
 }
 
 static bool dmagate_bus_master(DmagateState *s)
@@ -709,22 +710,22 @@ static uint32_t dmagate_half(uint32_t length)
 /* Faults that apply to a valid descriptor as it is taken. */
 static void dmagate_arm_faults(DmagateState *s)
 {
-    if (dmagate_fault_fires(s, FAULT_STALL)) {
+    if (dmagate_fault_fires(s, DMAGATE_FAULT_STALL)) {
         /* It never completes: no other fault could have an effect. */
         s->status = FIELD_DP32(s->status, STATUS, STALLED, 1);
         return;
     }
-    if (dmagate_fault_fires(s, FAULT_DMA_ERROR)) {
+    if (dmagate_fault_fires(s, DMAGATE_FAULT_DMA_ERROR)) {
         s->limit = dmagate_half(s->length);
         s->result = DMAGATE_ST_DMA_ERROR;
-    } else if (dmagate_fault_fires(s, FAULT_PARTIAL)) {
+    } else if (dmagate_fault_fires(s, DMAGATE_FAULT_PARTIAL)) {
         s->limit = dmagate_half(s->length);
         s->result = DMAGATE_ST_SHORT;
     }
     if (s->opcode != DMAGATE_OP_CHECKSUM) {
-        s->corrupt = dmagate_fault_fires(s, FAULT_CORRUPT);
+        s->corrupt = dmagate_fault_fires(s, DMAGATE_FAULT_CORRUPT);
     }
-    s->duplicate = dmagate_fault_fires(s, FAULT_DUPLICATE_COMPLETION);
+    s->duplicate = dmagate_fault_fires(s, DMAGATE_FAULT_DUPLICATE_COMPLETION);
 }
 
 /*
@@ -873,7 +874,7 @@ static bool dmagate_complete(DmagateState *s, uint32_t epoch)
             s->error_index = s->index;
         }
         s->drop_irq = causes && s->accepted &&
-                      dmagate_fault_fires(s, FAULT_DROP_IRQ);
+                      dmagate_fault_fires(s, DMAGATE_FAULT_DROP_IRQ);
     }
     if (first && s->duplicate) {
         s->stage = STAGE_DUPLICATE;
@@ -1067,7 +1068,7 @@ static void dmagate_fire_spurious(DmagateState *s, uint32_t count)
 
     for (uint32_t i = 0; i < count; i++) {
         s->stats[STAT_FAULTS]++;
-        trace_dmagate_fault(fault_names[FAULT_SPURIOUS_IRQ]);
+        trace_dmagate_fault(fault_names[DMAGATE_FAULT_SPURIOUS_IRQ], 0, -1);
         s->int_status |= R_INT_COMPLETION_MASK;
         if (!dmagate_signal(s, R_INT_COMPLETION_MASK)) {
             return;
@@ -1080,7 +1081,7 @@ static void dmagate_fire_spurious(DmagateState *s, uint32_t count)
 
 static void dmagate_enable(DmagateState *s)
 {
-    uint32_t held = s->faults[FAULT_SPURIOUS_IRQ];
+    uint32_t held = s->faults[DMAGATE_FAULT_SPURIOUS_IRQ];
 
     if (!dmagate_ring_ok(s->sq_base, s->sq_size, DMAGATE_DESC_SIZE)) {
         dmagate_halt(s, "bad submission ring", DMAGATE_ST_BAD_RING,
@@ -1098,7 +1099,7 @@ static void dmagate_enable(DmagateState *s)
     s->status = FIELD_DP32(s->status, STATUS, ENABLED, 1);
     trace_dmagate_enable(s->sq_base, s->sq_size, s->cq_base, s->cq_size);
     /* Spurious interrupts set while disabled were held for this moment. */
-    s->faults[FAULT_SPURIOUS_IRQ] = 0;
+    s->faults[DMAGATE_FAULT_SPURIOUS_IRQ] = 0;
     dmagate_fire_spurious(s, held);
 }
 
@@ -1573,13 +1574,55 @@ static void dmagate_set_spurious(Object *obj, Visitor *v, const char *name,
     }
     if (!DEVICE(obj)->realized || !dmagate_enabled(s)) {
         /* Held until the driver enables the device. */
-        s->faults[FAULT_SPURIOUS_IRQ] = count;
+        s->faults[DMAGATE_FAULT_SPURIOUS_IRQ] = count;
         return;
     }
     object_ref(obj);
     dmagate_fire_spurious(s, count);
     /* A message may have unplugged the device: drop the last ref later. */
     aio_bh_schedule_oneshot(qemu_get_aio_context(), dmagate_drop_ref, s);
+}
+
+static char *dmagate_get_rules(Object *obj, Error **errp)
+{
+    return dmagate_rules_format(&DMAGATE(obj)->rules);
+}
+
+static void dmagate_set_rules(Object *obj, const char *value, Error **errp)
+{
+    /* A new set starts its counts afresh; a bad one leaves the old set. */
+    dmagate_rules_parse(value, &DMAGATE(obj)->rules, errp);
+}
+
+/* fault-rule-status: [{rule, fault, matched, fired}, ...] */
+static void dmagate_get_rule_status(Object *obj, Visitor *v, const char *name,
+                                    void *opaque, Error **errp)
+{
+    DmagateRuleSet *set = &DMAGATE(obj)->rules;
+
+    if (!visit_start_list(v, name, NULL, 0, errp)) {
+        return;
+    }
+    for (uint32_t i = 0; i < set->count; i++) {
+        DmagateRule *rule = &set->rule[i];
+        g_autofree char *text = dmagate_rule_format(rule);
+        char *fault = (char *)dmagate_fault_name(rule->fault);
+        bool ok;
+
+        if (!visit_start_struct(v, NULL, NULL, 0, errp)) {
+            break;
+        }
+        ok = visit_type_str(v, "rule", &text, errp) &&
+             visit_type_str(v, "fault", &fault, errp) &&
+             visit_type_uint64(v, "matched", &rule->matched, errp) &&
+             visit_type_uint64(v, "fired", &rule->fired, errp) &&
+             visit_check_struct(v, errp);
+        visit_end_struct(v, NULL);
+        if (!ok) {
+            break;
+        }
+    }
+    visit_end_list(v, NULL);
 }
 
 static bool dmagate_get_zero_delay(Object *obj, Error **errp)
@@ -1685,8 +1728,11 @@ static const char *dmagate_state_error(DmagateState *s)
             return prop->name;
         }
     }
-    if (s->faults[FAULT_SPURIOUS_IRQ] > DMAGATE_MAX_SPURIOUS) {
-        return fault_names[FAULT_SPURIOUS_IRQ];
+    if (s->faults[DMAGATE_FAULT_SPURIOUS_IRQ] > DMAGATE_MAX_SPURIOUS) {
+        return fault_names[DMAGATE_FAULT_SPURIOUS_IRQ];
+    }
+    if (dmagate_rules_check(&s->rules)) {
+        return dmagate_rules_check(&s->rules);
     }
     return s->active ? dmagate_active_state_error(s) : NULL;
 }
@@ -1760,7 +1806,10 @@ static const VMStateDescription vmstate_dmagate = {
         VMSTATE_UINT64(latency_ns, DmagateState),
         VMSTATE_UINT64(bandwidth_mbps, DmagateState),
         VMSTATE_BOOL(zero_delay, DmagateState),
-        VMSTATE_UINT32_ARRAY(faults, DmagateState, FAULT_COUNT),
+        VMSTATE_UINT32_ARRAY(faults, DmagateState, DMAGATE_FAULT_COUNT),
+        VMSTATE_UINT32(rules.count, DmagateState),
+        VMSTATE_STRUCT_ARRAY(rules.rule, DmagateState, DMAGATE_MAX_RULES, 0,
+                             vmstate_dmagate_rule, DmagateRule),
         VMSTATE_UINT64(extra_delay_ns, DmagateState),
         VMSTATE_END_OF_LIST()
     },
@@ -1797,10 +1846,10 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
                                    dmagate_set_zero_delay);
     object_class_property_set_description(oc, "zero-delay",
                                           "no latency, no bandwidth limit");
-    for (int i = 0; i < FAULT_COUNT; i++) {
+    for (int i = 0; i < DMAGATE_FAULT_COUNT; i++) {
         object_class_property_add(oc, fault_names[i], "uint32",
                                   dmagate_get_u32,
-                                  i == FAULT_SPURIOUS_IRQ ?
+                                  i == DMAGATE_FAULT_SPURIOUS_IRQ ?
                                   dmagate_set_spurious : dmagate_set_u32,
                                   NULL,
                                   (void *)(offsetof(DmagateState, faults) +
@@ -1808,6 +1857,12 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
         object_class_property_set_description(oc, fault_names[i],
             "descriptors the fault hits next (4294967295: all)");
     }
+    object_class_property_add_str(oc, "fault-rules", dmagate_get_rules,
+                                  dmagate_set_rules);
+    object_class_property_set_description(oc, "fault-rules",
+        "rules FAULT[:KEY=VALUE]...;... (docs/device.md section 8)");
+    object_class_property_add(oc, "fault-rule-status", "DmagateRuleStatus",
+                              dmagate_get_rule_status, NULL, NULL, NULL);
     for (int i = 0; i < STAT_COUNT; i++) {
         object_class_property_add(oc, stat_names[i], "uint64",
                                   dmagate_get_stat, NULL, NULL,
