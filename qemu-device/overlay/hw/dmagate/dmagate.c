@@ -196,6 +196,14 @@ typedef struct DmagateState {
     int64_t due_ns;         /* next chunk, or the completion, not before */
     int64_t cpl_time_ns;    /* timestamp of the record (and its duplicate) */
 
+    /*
+     * The MSI-X table and PBA as the stream carries them (VMSTATE_MSIX's
+     * layout). msix_load() would send every pending, unmasked vector while
+     * the stream is still loading, so the device loads them itself.
+     */
+    uint8_t msix_state[DMAGATE_MSIX_VECTORS * PCI_MSIX_ENTRY_SIZE +
+                       DIV_ROUND_UP(DMAGATE_MSIX_VECTORS, 8)];
+
     /* Configuration: QOM properties, settable at runtime */
     uint64_t latency_ns;
     uint64_t bandwidth_mbps;
@@ -301,7 +309,7 @@ static void dmagate_update_intx(DmagateState *s)
     PCIDevice *pdev = PCI_DEVICE(s);
     bool level = false;
 
-    if (!msix_enabled(pdev) && !msi_enabled(pdev)) {
+    if (!msix_enabled(pdev) && !msi_enabled(pdev) && dmagate_in_d0(s)) {
         level = s->int_status & ~s->int_mask & DMAGATE_INT_ALL;
     }
     /* An assertion that INTx Disable does not hide counts as sent. */
@@ -315,54 +323,55 @@ static void dmagate_update_intx(DmagateState *s)
 }
 
 /* One MSI-X message; counted only if it leaves the device. */
-static void dmagate_msix_message(DmagateState *s, unsigned vector)
+/*
+ * One MSI-X or MSI message for @cause; counted only if it leaves the
+ * device, and counted before it goes: the message may reset or unplug the
+ * device, after which nothing of it may be touched.
+ */
+static void dmagate_message(DmagateState *s, uint32_t cause)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
-    bool sent = !msix_is_masked(pdev, vector) && dmagate_bus_master(s);
+    unsigned vector = cause == R_INT_COMPLETION_MASK ?
+                      DMAGATE_MSIX_VEC_COMPLETION : DMAGATE_MSIX_VEC_ERROR;
 
-    msix_notify(pdev, vector);  /* a masked vector goes to the PBA */
-    if (sent) {
-        s->stats[STAT_INTERRUPTS]++;
-        trace_dmagate_irq(1u << vector, "msix");
+    if (msix_enabled(pdev)) {
+        if (!msix_is_masked(pdev, vector) && dmagate_bus_master(s)) {
+            s->stats[STAT_INTERRUPTS]++;
+            trace_dmagate_irq(cause, "msix");
+        }
+        msix_notify(pdev, vector);  /* a masked vector goes to the PBA */
+    } else if (msi_enabled(pdev)) {
+        if (dmagate_bus_master(s)) {
+            s->stats[STAT_INTERRUPTS]++;
+            trace_dmagate_irq(cause, "msi");
+        }
+        msi_notify(pdev, 0);
     }
 }
 
 /*
  * Send one message for each cause in @causes that is not masked; causes
- * that are masked wait in int_unsignalled for their bit to be cleared.
- * False if the device was lost while a message went out.
+ * that are masked, or raised in D3hot, wait in int_unsignalled until their
+ * bit is cleared or the function is back in D0. False if the device was
+ * lost while a message went out.
  */
 static bool dmagate_signal(DmagateState *s, uint32_t causes)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
     uint32_t epoch = s->epoch;
+    uint32_t held = dmagate_in_d0(s) ? s->int_mask : DMAGATE_INT_ALL;
 
-    s->int_unsignalled |= causes & s->int_mask;
-    causes &= ~s->int_mask;
+    s->int_unsignalled |= causes & held;
+    causes &= ~held;
     s->int_unsignalled &= ~causes;
-    if (!causes) {
-        return true;
-    }
-    if (msix_enabled(pdev)) {
-        if (causes & R_INT_COMPLETION_MASK) {
-            dmagate_msix_message(s, DMAGATE_MSIX_VEC_COMPLETION);
+    for (uint32_t cause = 1; cause & DMAGATE_INT_ALL; cause <<= 1) {
+        if (causes & cause) {
+            dmagate_message(s, cause);
             if (dmagate_lost(s, epoch)) {
                 return false;
             }
         }
-        if (causes & R_INT_ERROR_MASK) {
-            dmagate_msix_message(s, DMAGATE_MSIX_VEC_ERROR);
-        }
-    } else if (msi_enabled(pdev)) {
-        bool sent = dmagate_bus_master(s);
-
-        msi_notify(pdev, 0);
-        if (sent) {
-            s->stats[STAT_INTERRUPTS]++;
-            trace_dmagate_irq(causes, "msi");
-        }
     }
-    return !dmagate_lost(s, epoch);
+    return true;
 }
 
 /* Latch @causes; signal those that were not latched already. */
@@ -458,7 +467,7 @@ static void dmagate_compute(DmagateState *s, uint8_t *buf, uint32_t len)
         break;
     }
     s->crc = crc32(s->crc, buf, len);
-    if (s->corrupt) {
+    if (s->corrupt && s->opcode != DMAGATE_OP_CHECKSUM) {
         dmagate_corrupt(buf, s->done, len);
     }
 }
@@ -472,7 +481,7 @@ typedef enum {
 } DmagateTarget;
 
 static DmagateTarget dmagate_lookup(DmagateState *s, uint64_t addr,
-                                    uint32_t *len, bool is_write)
+                                    uint32_t *len, bool reads, bool is_write)
 {
     AddressSpace *as = pci_get_address_space(PCI_DEVICE(s));
     hwaddr xlat, plen = *len;
@@ -483,15 +492,24 @@ static DmagateTarget dmagate_lookup(DmagateState *s, uint64_t addr,
     mr = address_space_translate(as, addr, &xlat, &plen, is_write,
                                  MEMTXATTRS_UNSPECIFIED);
     *len = MIN(plen, *len);
+    if (is_write && reads) {
+        /* TRANSFORM also reads there: the IOMMU must allow that too. */
+        hwaddr rxlat, rlen = *len;
+
+        if (address_space_translate(as, addr, &rxlat, &rlen, false,
+                                    MEMTXATTRS_UNSPECIFIED) != mr ||
+            rxlat != xlat) {
+            return TARGET_NONE;
+        }
+        *len = MIN(rlen, *len);
+    }
     if (!*len) {
         return TARGET_NONE;
     }
     if (memory_region_owner(mr) == OBJECT(s)) {
         return TARGET_SELF;
     }
-    if (memory_access_is_direct(mr, is_write, MEMTXATTRS_UNSPECIFIED) &&
-        (is_write || memory_access_is_direct(mr, false,
-                                             MEMTXATTRS_UNSPECIFIED))) {
+    if (memory_access_is_direct(mr, is_write, MEMTXATTRS_UNSPECIFIED)) {
         return TARGET_RAM;
     }
     if (!memory_region_access_valid(mr, xlat, 1, is_write,
@@ -537,7 +555,7 @@ static DmagateMove dmagate_move(DmagateState *s, uint64_t addr,
     dma_addr_t mapped;
     uint8_t *p;
 
-    switch (dmagate_lookup(s, addr, len, writes)) {
+    switch (dmagate_lookup(s, addr, len, reads, writes)) {
     case TARGET_SELF:
         return dmagate_fail(s, "DMA aimed at the device's own BAR", addr);
     case TARGET_NONE:
@@ -553,6 +571,12 @@ static DmagateMove dmagate_move(DmagateState *s, uint64_t addr,
         pci_dma_unmap(pdev, p, mapped, dir, mapped);
         return MOVE_OK;
     case TARGET_MMIO:
+        /*
+         * One access of at most 4 bytes at a time: each may reset or
+         * unplug the device, and one the target refuses ends the transfer
+         * exactly there.
+         */
+        *len = MIN(*len, 4 - (addr & 3));
         break;
     }
 
@@ -608,6 +632,9 @@ static int64_t dmagate_step(DmagateState *s, uint32_t budget, uint32_t epoch)
             s->result = DMAGATE_ST_BUS_MASTER_OFF;
             s->limit = s->done;
             break;
+        }
+        if (!dmagate_in_d0(s)) {
+            break;  /* put in D3hot by its own access: resumes in D0 */
         }
         switch (dmagate_move(s, addr, &len, epoch)) {
         case MOVE_LOST:
@@ -920,6 +947,14 @@ static void dmagate_engine(DmagateState *s)
     };
     uint32_t epoch = s->epoch;
 
+    if (!s->unrealized && dmagate_in_d0(s) &&
+        s->int_status & s->int_unsignalled & ~s->int_mask) {
+        /* Raised in D3hot, held until now. */
+        if (!dmagate_signal(s, s->int_status & s->int_unsignalled)) {
+            return;
+        }
+        dmagate_update_intx(s);
+    }
     while (dmagate_may_run(s)) {
         if (!s->active) {
             if (s->sq_head == s->sq_tail) {
@@ -1049,7 +1084,14 @@ static void dmagate_reset_state(DmagateState *s, const char *why)
 
 static void dmagate_reset_hold(Object *obj, ResetType type)
 {
-    dmagate_reset_state(DMAGATE(obj), "device");
+    DmagateState *s = DMAGATE(obj);
+
+    if (s->unrealized) {
+        /* Unrealized but still on the reset tree: no PCI state to touch. */
+        s->epoch++;
+        return;
+    }
+    dmagate_reset_state(s, "device");
 }
 
 /* Registers */
@@ -1137,7 +1179,7 @@ static void dmagate_write_ctrl(DmagateState *s, uint32_t val)
 
 static bool dmagate_ring_reg_writable(DmagateState *s, hwaddr addr)
 {
-    if (dmagate_enabled(s)) {
+    if (FIELD_EX32(s->ctrl, CTRL, ENABLE)) {
         dmagate_guest_error(s, "ring register written while enabled",
                             DMAGATE_ST_REG_LOCKED, addr);
         return false;
@@ -1299,11 +1341,11 @@ static void dmagate_mmio_write(void *opaque, hwaddr addr, uint64_t data,
     uint32_t val = data;
 
     if (size != 4 || addr % 4) {
-        qemu_log_mask(LOG_GUEST_ERROR, "%s: %u-byte write at 0x%"
-                      HWADDR_PRIx " dropped: registers take aligned 32-bit "
-                      "accesses\n", TYPE_DMAGATE, size, addr);
-        s->error = DMAGATE_ST_BAD_ACCESS;
-        s->error_addr = addr;
+        g_autofree char *what = g_strdup_printf(
+            "%u-byte write dropped: registers take aligned 32-bit accesses",
+            size);
+
+        dmagate_guest_error(s, what, DMAGATE_ST_BAD_ACCESS, addr);
         return;
     }
 
@@ -1440,10 +1482,14 @@ static void dmagate_realize(PCIDevice *pdev, Error **errp)
         msix_vector_use(pdev, v);
     }
 
-    s->bounce = g_malloc(DMAGATE_CHUNK);
-    s->bh = qemu_bh_new_guarded(dmagate_run, s,
-                                &DEVICE(pdev)->mem_reentrancy_guard);
-    s->timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, dmagate_timer_cb, s);
+    /* A device realized again keeps what its first realize made. */
+    if (!s->bh) {
+        s->bounce = g_malloc(DMAGATE_CHUNK);
+        s->bh = qemu_bh_new_guarded(dmagate_run, s,
+                                    &DEVICE(pdev)->mem_reentrancy_guard);
+        s->timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, dmagate_timer_cb, s);
+    }
+    s->unrealized = false;
     s->vm_state = qemu_add_vm_change_state_handler(dmagate_vm_state_change, s);
     s->cq_phase = 1;
     return;
@@ -1684,6 +1730,9 @@ static const char *dmagate_active_state_error(DmagateState *s)
     if (s->done > s->limit) {
         return "descriptor progress";
     }
+    if (s->corrupt && s->opcode == DMAGATE_OP_CHECKSUM) {
+        return "descriptor fault (a CHECKSUM writes nothing to corrupt)";
+    }
     if (s->limit == 0) {
         return NULL;    /* refused or failed at once: nothing to walk */
     }
@@ -1706,9 +1755,11 @@ static const char *dmagate_state_error(DmagateState *s)
 {
     if (s->ctrl & ~R_CTRL_ENABLE_MASK ||
         s->status & ~DMAGATE_STATUS_STORED ||
-        (dmagate_enabled(s) && !FIELD_EX32(s->ctrl, CTRL, ENABLE))) {
+        (dmagate_enabled(s) != FIELD_EX32(s->ctrl, CTRL, ENABLE) &&
+         !FIELD_EX32(s->status, STATUS, HALTED))) {
         return "CTRL or STATUS";
     }
+
     if ((s->int_status | s->int_mask | s->int_unsignalled) &
         ~DMAGATE_INT_ALL || s->cq_phase > 1) {
         return "interrupt or phase state";
@@ -1737,12 +1788,74 @@ static const char *dmagate_state_error(DmagateState *s)
     return s->active ? dmagate_active_state_error(s) : NULL;
 }
 
+static int dmagate_pre_save(void *opaque)
+{
+    DmagateState *s = opaque;
+    PCIDevice *pdev = PCI_DEVICE(s);
+    size_t table = DMAGATE_MSIX_VECTORS * PCI_MSIX_ENTRY_SIZE;
+
+    memcpy(s->msix_state, pdev->msix_table, table);
+    memcpy(s->msix_state + table, pdev->msix_pba,
+           sizeof(s->msix_state) - table);
+    return 0;
+}
+
+/*
+ * Put the stream's MSI-X table and PBA in place without sending anything.
+ * A vector pending while unmasked is no state a function can be in (the
+ * unmask sends it): refused rather than sent from inside the load.
+ */
+static const char *dmagate_load_msix(DmagateState *s)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+    size_t table = DMAGATE_MSIX_VECTORS * PCI_MSIX_ENTRY_SIZE;
+    uint8_t control = pdev->config[pdev->msix_cap + PCI_MSIX_FLAGS + 1];
+
+    memcpy(pdev->msix_table, s->msix_state, table);
+    memcpy(pdev->msix_pba, s->msix_state + table,
+           sizeof(s->msix_state) - table);
+    pdev->msix_function_masked = !msix_enabled(pdev) ||
+                                 (control & (PCI_MSIX_FLAGS_MASKALL >> 8));
+    for (int v = 0; v < DMAGATE_MSIX_VECTORS; v++) {
+        bool pending = pdev->msix_pba[v / 8] & (1u << (v % 8));
+
+        if (pending && !msix_is_masked(pdev, v)) {
+            return "MSI-X vector pending while unmasked";
+        }
+    }
+    return NULL;
+}
+
+/* Config-space state no write of the guest can leave behind. */
+static const char *dmagate_config_state_error(DmagateState *s)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+    uint16_t pmcsr = pci_get_word(pdev->config + pdev->pm_cap + PCI_PM_CTRL);
+    uint16_t devctl = pci_get_word(pdev->config + pdev->exp.exp_cap +
+                                   PCI_EXP_DEVCTL);
+    uint8_t state = pmcsr & PCI_PM_CTRL_STATE_MASK;
+
+    if (state == 1 || state == 2) {
+        return "power state (D1 and D2 are not supported)";
+    }
+    if (devctl & PCI_EXP_DEVCTL_BCR_FLR) {
+        return "Device Control (FLR bit set)";
+    }
+    return NULL;
+}
+
 /* The stream is as untrusted as the guest: check everything it carries. */
 static int dmagate_post_load(void *opaque, int version_id)
 {
     DmagateState *s = opaque;
-    const char *error = dmagate_state_error(s);
+    const char *error = dmagate_config_state_error(s);
 
+    if (!error) {
+        error = dmagate_state_error(s);
+    }
+    if (!error) {
+        error = dmagate_load_msix(s);
+    }
     if (error) {
         error_report("%s: migration stream refused: invalid %s", TYPE_DMAGATE,
                      error);
@@ -1756,10 +1869,13 @@ static const VMStateDescription vmstate_dmagate = {
     .name = TYPE_DMAGATE,
     .version_id = 2,
     .minimum_version_id = 2,
+    .pre_save = dmagate_pre_save,
     .post_load = dmagate_post_load,
     .fields = (const VMStateField[]) {
         VMSTATE_PCI_DEVICE(parent_obj, DmagateState),
-        VMSTATE_MSIX(parent_obj, DmagateState),
+        VMSTATE_UINT8_ARRAY(msix_state, DmagateState,
+                            DMAGATE_MSIX_VECTORS * PCI_MSIX_ENTRY_SIZE +
+                            DIV_ROUND_UP(DMAGATE_MSIX_VECTORS, 8)),
         VMSTATE_UINT32(ctrl, DmagateState),
         VMSTATE_UINT32(status, DmagateState),
         VMSTATE_UINT32(error, DmagateState),
