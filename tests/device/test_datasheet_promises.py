@@ -18,15 +18,7 @@ from dmagate.hwregs import HW
 from dmagate.qtest import QTestMachine
 
 from .conftest import CQ, DATA, MSG, RING, SG, SLOT, SQ, guest_errors
-from .test_iommu import (
-    CAP,
-    PAGE,
-    PTE_R,
-    PTE_W,
-    VTD,
-    SecondLevelTables,
-    enable_translation,
-)
+from .test_iommu import PAGE, PTE_R, PTE_W, enable_translation, translating_machine
 
 FILL, CHECKSUM, TRANSFORM = HW["OP_FILL"], HW["OP_CHECKSUM"], HW["OP_TRANSFORM"]
 PATH = "/machine/peripheral/dg"
@@ -383,12 +375,7 @@ def test_a_huge_doorbell_yields_to_the_main_loop(
 def test_own_bar_is_recognised_after_iommu_translation(
     make_machine: Callable[..., QTestMachine],
 ) -> None:
-    qt = make_machine(iommu=True)
-    sagaw = (qt.readl(VTD + CAP) >> 8) & 0x1F
-    aw, levels = (1, 3) if sagaw & 0x2 else (2, 4)
-    slpt = SecondLevelTables(qt, levels)
-    for page in range(SQ, MSG + PAGE, PAGE):
-        slpt.map(page, page, PTE_R | PTE_W)
+    qt, slpt, aw = translating_machine(make_machine)
     dev = Dmagate(qt, SLOT)
     iova_to_bar = 0x8000_0000
     slpt.map(iova_to_bar, dev.bar0, PTE_R | PTE_W)

@@ -128,14 +128,21 @@ def assert_device_works(dev: Dmagate) -> None:
     assert dev.qt.memread(DATA, 4096) == ref.fill_pattern(5, 0, 4096)
 
 
-def test_spurious_interrupt_aimed_at_own_device_control(machine: QTestMachine) -> None:
-    """An MSI-X message is a DMA write too: one whose address is the device's
-    own Device Control resets it in the middle of a burst of spurious ones."""
+def aim_msix_at_own_device_control(machine: QTestMachine) -> Dmagate:
+    """The device enabled, both MSI-X vectors writing 0x8000 (FLR) to its
+    own Device Control through MMCONFIG: its next message resets it."""
     enable_mmconfig(machine)
     dev = Dmagate(machine, SLOT)
     dev.setup(SQ, RING, CQ, RING, SG)
     devctl = mmconfig_address(0, SLOT, 0, dev.pci.capability(PCI_CAP_ID_EXP) + PCI_EXP_DEVCTL)
     dev.enable_msix(devctl, [0x8000, 0x8000])
+    return dev
+
+
+def test_spurious_interrupt_aimed_at_own_device_control(machine: QTestMachine) -> None:
+    """An MSI-X message is a DMA write too: one whose address is the device's
+    own Device Control resets it in the middle of a burst of spurious ones."""
+    dev = aim_msix_at_own_device_control(machine)
     machine.qmp.cmd("qom-set", path=PATH, property="fault-spurious-irq", value=1024)
     assert machine.alive()
     assert machine.readl(dev.bar0 + HW["REG_ID"]) != HW["ID_VALUE"], "no FLR happened"

@@ -64,13 +64,23 @@ def enable_translation(qt: QTestMachine, slpt: SecondLevelTables, devfn: int, aw
     assert qt.readl(VTD + GSTS) & GCMD_TE
 
 
-def test_dma_follows_iommu_mappings(make_machine: Callable[..., QTestMachine]) -> None:
+def translating_machine(
+    make_machine: Callable[..., QTestMachine],
+) -> tuple[QTestMachine, SecondLevelTables, int]:
+    """A machine with intel-iommu and page tables that map the rings and SG
+    lists at their own address; returns it, the tables (map more before
+    enable_translation) and the address-width code the context entry takes."""
     qt = make_machine(iommu=True)
     sagaw = (qt.readl(VTD + CAP) >> 8) & 0x1F
     aw, levels = (1, 3) if sagaw & 0x2 else (2, 4)
     slpt = SecondLevelTables(qt, levels)
-    for page in range(SQ, MSG + PAGE, PAGE):  # rings and SG lists at their own address
+    for page in range(SQ, MSG + PAGE, PAGE):
         slpt.map(page, page, PTE_R | PTE_W)
+    return qt, slpt, aw
+
+
+def test_dma_follows_iommu_mappings(make_machine: Callable[..., QTestMachine]) -> None:
+    qt, slpt, aw = translating_machine(make_machine)
     for n in range(4):
         slpt.map(IOVA_DATA + n * PAGE, DATA + n * PAGE, PTE_R | PTE_W)
     slpt.map(IOVA_READ_ONLY, DATA + 8 * PAGE, PTE_R)

@@ -25,7 +25,8 @@ from dmagate.qtest import QTestMachine
 
 from .conftest import CQ, DATA, MSG, RING, SG, SLOT, SQ, guest_errors, load_state, save_state
 from .test_datasheet_promises import D3HOT, set_power_state
-from .test_iommu import CAP, PAGE, PTE_R, PTE_W, VTD, SecondLevelTables, enable_translation
+from .test_hostile_guest import aim_msix_at_own_device_control
+from .test_iommu import PAGE, PTE_W, VTD, enable_translation, translating_machine
 
 FILL, CHECKSUM, TRANSFORM = HW["OP_FILL"], HW["OP_CHECKSUM"], HW["OP_TRANSFORM"]
 PATH = "/machine/peripheral/dg"
@@ -108,12 +109,7 @@ def test_checksum_told_to_corrupt_by_a_stream_is_refused(
 def test_transform_needs_read_permission_too(
     make_machine: Callable[..., QTestMachine],
 ) -> None:
-    qt = make_machine(iommu=True)
-    sagaw = (qt.readl(VTD + CAP) >> 8) & 0x1F
-    aw, levels = (1, 3) if sagaw & 0x2 else (2, 4)
-    slpt = SecondLevelTables(qt, levels)
-    for page in range(SQ, MSG + PAGE, PAGE):
-        slpt.map(page, page, PTE_R | PTE_W)
+    qt, slpt, aw = translating_machine(make_machine)
     write_only = 0x8020_0000
     slpt.map(write_only, DATA, PTE_W)
     dev = Dmagate(qt, SLOT)
@@ -175,11 +171,7 @@ def test_no_interrupt_leaves_the_device_in_d3hot(dev: Dmagate) -> None:
 
 
 def test_nothing_is_counted_after_a_message_resets_the_device(machine: QTestMachine) -> None:
-    enable_mmconfig(machine)
-    dev = Dmagate(machine, SLOT)
-    dev.setup(SQ, RING, CQ, RING, SG)
-    devctl = mmconfig_address(0, SLOT, 0, dev.pci.capability(PCI_CAP_ID_EXP) + PCI_EXP_DEVCTL)
-    dev.enable_msix(devctl, [0x8000, 0x8000])
+    aim_msix_at_own_device_control(machine)
     machine.qmp.cmd("qom-set", path=PATH, property="fault-spurious-irq", value=3)
     dev = Dmagate(machine, SLOT)
     assert dev.read("STATUS") == 0

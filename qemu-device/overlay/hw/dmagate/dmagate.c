@@ -104,16 +104,6 @@ enum {
     STAT_COUNT,
 };
 
-static const char *const fault_names[DMAGATE_FAULT_COUNT] = {
-    [DMAGATE_FAULT_DMA_ERROR] = "fault-dma-error",
-    [DMAGATE_FAULT_DROP_IRQ] = "fault-drop-irq",
-    [DMAGATE_FAULT_SPURIOUS_IRQ] = "fault-spurious-irq",
-    [DMAGATE_FAULT_DUPLICATE_COMPLETION] = "fault-duplicate-completion",
-    [DMAGATE_FAULT_CORRUPT] = "fault-corrupt",
-    [DMAGATE_FAULT_PARTIAL] = "fault-partial",
-    [DMAGATE_FAULT_STALL] = "fault-stall",
-};
-
 static const char *const stat_names[STAT_COUNT] = {
     [STAT_DESCRIPTORS] = "stat-descriptors",
     [STAT_BYTES] = "stat-bytes",
@@ -282,7 +272,7 @@ static bool dmagate_fault_fires(DmagateState *s, int fault)
     }
     if (fires) {
         s->stats[STAT_FAULTS]++;
-        trace_dmagate_fault(fault_names[fault], s->index, rule);
+        trace_dmagate_fault(dmagate_fault_name(fault), s->index, rule);
     }
     return fires;
 }
@@ -1110,7 +1100,8 @@ static void dmagate_fire_spurious(DmagateState *s, uint32_t count)
 
     for (uint32_t i = 0; i < count; i++) {
         s->stats[STAT_FAULTS]++;
-        trace_dmagate_fault(fault_names[DMAGATE_FAULT_SPURIOUS_IRQ], 0, -1);
+        trace_dmagate_fault(dmagate_fault_name(DMAGATE_FAULT_SPURIOUS_IRQ), 0,
+                            -1);
         s->int_status |= R_INT_COMPLETION_MASK;
         if (!dmagate_signal(s, R_INT_COMPLETION_MASK)) {
             return;
@@ -1753,6 +1744,8 @@ static const char *dmagate_active_state_error(DmagateState *s)
 /* Why the loaded state is not one the device can be in, or NULL. */
 static const char *dmagate_state_error(DmagateState *s)
 {
+    const char *rules_error;
+
     if (s->ctrl & ~R_CTRL_ENABLE_MASK ||
         s->status & ~DMAGATE_STATUS_STORED ||
         (dmagate_enabled(s) != FIELD_EX32(s->ctrl, CTRL, ENABLE) &&
@@ -1780,10 +1773,11 @@ static const char *dmagate_state_error(DmagateState *s)
         }
     }
     if (s->faults[DMAGATE_FAULT_SPURIOUS_IRQ] > DMAGATE_MAX_SPURIOUS) {
-        return fault_names[DMAGATE_FAULT_SPURIOUS_IRQ];
+        return "fault-spurious-irq";
     }
-    if (dmagate_rules_check(&s->rules)) {
-        return dmagate_rules_check(&s->rules);
+    rules_error = dmagate_rules_check(&s->rules);
+    if (rules_error) {
+        return rules_error;
     }
     return s->active ? dmagate_active_state_error(s) : NULL;
 }
@@ -1963,14 +1957,18 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
     object_class_property_set_description(oc, "zero-delay",
                                           "no latency, no bandwidth limit");
     for (int i = 0; i < DMAGATE_FAULT_COUNT; i++) {
-        object_class_property_add(oc, fault_names[i], "uint32",
+        /* The count properties are named after the faults' rule names. */
+        g_autofree char *name = g_strconcat("fault-", dmagate_fault_name(i),
+                                            NULL);
+
+        object_class_property_add(oc, name, "uint32",
                                   dmagate_get_u32,
                                   i == DMAGATE_FAULT_SPURIOUS_IRQ ?
                                   dmagate_set_spurious : dmagate_set_u32,
                                   NULL,
                                   (void *)(offsetof(DmagateState, faults) +
                                            i * sizeof(uint32_t)));
-        object_class_property_set_description(oc, fault_names[i],
+        object_class_property_set_description(oc, name,
             "descriptors the fault hits next (4294967295: all)");
     }
     object_class_property_add_str(oc, "fault-rules", dmagate_get_rules,
