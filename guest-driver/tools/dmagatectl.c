@@ -102,6 +102,10 @@ static const char usage[] =
 "  --fail-at open|alloc|mmap|submit\n"
 "              set /proc/thread-self/make-it-fail around that step only;\n"
 "              if it fails print failed_step=STEP errno=NAME, exit 3\n"
+"  --recheck MS\n"
+"              xfer: MS ms after each verify, verify the buffer again and\n"
+"              print recheck=same or recheck=changed (a DMA after the\n"
+"              completion, e.g. the device's late-write fault); exit 1\n"
 "  --fail-nth N\n"
 "              write N to /proc/thread-self/fail-nth before open(): the\n"
 "              Nth allocation the kernel's fault filters let through fails;\n"
@@ -126,6 +130,7 @@ struct opts {
 	int idle, no_child, verify, close_mid;
 	int fail_at;		/* STEP_*: arm make-it-fail around that step */
 	uint64_t fail_nth;	/* --fail-nth: 0, or the allocation to fail */
+	long recheck_ms;	/* --recheck: 0, or verify again this much later */
 };
 
 /* The session steps --fail-at can make fail (fault injection). */
@@ -437,6 +442,9 @@ static int parse_option(struct opts *o, int argc, char **argv, int *i)
 	} else if (!strcmp(opt, "--outside")) {
 		ok = parse_u64(val, &o->outside, 1);
 		o->outside_set = 1;
+	} else if (!strcmp(opt, "--recheck")) {
+		ok = parse_long(val, &o->recheck_ms) || o->recheck_ms < 1 ||
+		     o->recheck_ms > INT_MAX / 1000;
 	} else if (!strcmp(opt, "--fail-nth")) {
 		ok = parse_u64(val, &o->fail_nth, 0) || !o->fail_nth || o->fail_nth > INT_MAX;
 	} else if (!strcmp(opt, "--fail-at")) {
@@ -1033,6 +1041,31 @@ static int report_xfer(const struct session *s, const struct opts *o,
 	return ret;
 }
 
+/*
+ * --recheck: the data a completed transfer left must stay as it was; a
+ * device that writes after its completion changes it behind our back.
+ */
+static int recheck_xfer(const struct session *s, const struct opts *o)
+{
+	struct region r;
+	struct fault f;
+
+	usleep(o->recheck_ms * 1000);
+	region_init(&r, s, o);
+	if (guarded(check_fn, &r, &f)) {
+		printf("recheck=sigbus offset=0x%" PRIx64 "\n",
+		       (uint64_t)(f.addr - (uintptr_t)s->buf));
+		return 1;
+	}
+	if (!r.data_ok || !r.outside_ok) {
+		printf("recheck=changed bad_offset=0x%" PRIx64 " outside=%s\n",
+		       r.bad_offset, r.outside_ok ? "ok" : "bad");
+		return 1;
+	}
+	printf("recheck=same\n");
+	return 0;
+}
+
 /* ---- list, info ---------------------------------------------------------- */
 
 static long read_hex(const char *dev, const char *attr)
@@ -1138,6 +1171,8 @@ static int cmd_xfer(struct opts *o)
 		seq = submit_or_die(&s, o);
 		wait_or_exit(&s, o, seq, &c);
 		r = report_xfer(&s, o, seq, &c);
+		if (!r && o->recheck_ms)
+			r = recheck_xfer(&s, o);
 		if (r == 4 || (r == 1 && ret == 0))
 			ret = r;
 	}

@@ -4,6 +4,7 @@
     dmagate boot                 boot and attach to the serial console (Ctrl-] quits)
     dmagate ssh CMD...           run a command in the VM that `boot` started
     dmagate qmp CMD [JSON]       run a QMP command there
+    dmagate fault ...            the device's faults there (dmagate.faultcli)
     dmagate demo                 boot, show the device, report timings, shut down
     dmagate bench-boot -n N      boot N times; median boot-to-SSH time as JSON
     dmagate bench-device -n N    device FILL throughput (qtest) next to a host memcpy
@@ -17,12 +18,14 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -30,51 +33,17 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from dmagate.accel import resolve_accelerator
 from dmagate.devdriver import Dmagate
 from dmagate.devicefaults import device_faults
+from dmagate.faultcli import add_parser as add_fault_parser
 from dmagate.guesttool import parse_line
 from dmagate.health import HealthWatch
 from dmagate.hwregs import HW
 from dmagate.manifest import Manifest, ManifestError
 from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
 from dmagate.qtest import QTestMachine
+from dmagate.session import Session, load_session, session_path
 from dmagate.ssh import SSH
 from dmagate.transcript import Transcript
 from dmagate.vm import VM, VMError, VMOptions
-
-SESSION_FILE = "session.json"
-
-
-@dataclass(frozen=True)
-class Session:
-    """How `ssh` and `qmp` reach the VM that `boot` is running."""
-
-    pid: int
-    flavour: str
-    ssh_port: int
-    qmp_socket: str
-    workdir: str
-
-    def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
-def _session_path(paths: BuildPaths) -> Path:
-    return paths.runs / SESSION_FILE
-
-
-def _load_session(paths: BuildPaths) -> Session:
-    try:
-        session = Session(**json.loads(_session_path(paths).read_text()))
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
-        session = None
-    if session is None or not session.alive():
-        raise SystemExit("dmagate: no VM is running: start one with `make shell` or `dmagate boot`")
-    return session
 
 
 def _options(args: argparse.Namespace, **overrides: object) -> VMOptions:
@@ -93,23 +62,37 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_boot(args: argparse.Namespace) -> int:
     paths = BuildPaths.discover()
     vm = VM(_options(args, user_qmp=True, name="shell"), paths)
-    vm.start(wait=False)
+    stop = _stop_on_signals()
+    vm.start(wait=args.no_console)
     try:
         assert vm.user_qmp_socket is not None
-        session = Session(vm.pid, args.kernel, vm.ssh_port, str(vm.user_qmp_socket),
-                          str(vm.workdir))
-        _session_path(paths).write_text(json.dumps(asdict(session)))
+        Session(vm.pid, args.kernel, vm.ssh_port, str(vm.user_qmp_socket),
+                str(vm.workdir)).save(paths)
         print(f"dmagate: {vm.accel.name}, kernel {vm.manifest.kernel_release}")
         print(f"dmagate: QMP for scripts: {vm.user_qmp_socket}")
         print(f"dmagate: SSH: dmagate ssh CMD (127.0.0.1:{vm.ssh_port}); logs in {vm.workdir}")
-        print("dmagate: serial console follows; Ctrl-] quits and stops the VM", flush=True)
-        sys.stdout.write(vm.console.text())
-        vm.console.interact()
+        if args.no_console:
+            # Scripts and CI: the guest is up; run until stopped.
+            print("dmagate: ready; SIGINT or SIGTERM stops the VM", flush=True)
+            while vm.is_running() and not stop.wait(0.5):
+                pass
+        else:
+            print("dmagate: serial console follows; Ctrl-] quits and stops the VM", flush=True)
+            sys.stdout.write(vm.console.text())
+            vm.console.interact()
     finally:
-        _session_path(paths).unlink(missing_ok=True)
-        print("\ndmagate: stopping the VM")
+        session_path(paths).unlink(missing_ok=True)
+        print("\ndmagate: stopping the VM", flush=True)
         vm.kill()
     return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so `boot --no-console` ends cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
@@ -117,7 +100,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise SystemExit("dmagate ssh: name a command to run in the VM")
-    session = _load_session(paths)
+    session = load_session(paths)
     image = paths.image(session.flavour)
     manifest = Manifest.load(image)
     ssh = SSH(
@@ -137,7 +120,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_qmp(args: argparse.Namespace) -> int:
-    session = _load_session(BuildPaths.discover())
+    session = load_session(BuildPaths.discover())
     arguments = json.loads(args.arguments) if args.arguments else {}
     monitor = QEMUMonitorProtocol(session.qmp_socket)
     monitor.connect()
@@ -300,7 +283,10 @@ def parser() -> argparse.ArgumentParser:
                      choices=("auto", "kvm", "tcg"))
     sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="manifest summary and accelerator").set_defaults(func=cmd_info)
-    sub.add_parser("boot", help="boot and attach to the console").set_defaults(func=cmd_boot)
+    boot = sub.add_parser("boot", help="boot and attach to the console")
+    boot.add_argument("--no-console", action="store_true",
+                      help="wait until SSH answers, then run until SIGINT/SIGTERM (scripts, CI)")
+    boot.set_defaults(func=cmd_boot)
     ssh = sub.add_parser("ssh", help="run a command in the running VM")
     ssh.add_argument("--timeout", type=float, default=300.0)
     ssh.add_argument("command", nargs=argparse.REMAINDER, help="command and its arguments")
@@ -309,6 +295,7 @@ def parser() -> argparse.ArgumentParser:
     qmp.add_argument("command")
     qmp.add_argument("arguments", nargs="?", help="JSON object of arguments")
     qmp.set_defaults(func=cmd_qmp)
+    add_fault_parser(sub)
     sub.add_parser("demo", help="boot, show the device, shut down").set_defaults(func=cmd_demo)
     bench = sub.add_parser("bench-boot", help="median boot-to-SSH time")
     bench.add_argument("-n", "--boots", type=int, default=5)

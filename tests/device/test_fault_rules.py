@@ -132,6 +132,11 @@ def test_no_rule_fires_where_the_fault_has_no_effect(
     ("stall:every=0", "at least 1"),
     ("stall:foo=1", "unknown parameter 'foo'"),
     ("stall:skip", "needs a value"),
+    ("stall:op=", "'op' needs a value"),        # found by the fuzz: taken as "any op"
+    ("stall:length=", "'length' needs a value"),
+    ("late-write:op=checksum:every=0", "at least 1"),
+    ("ignore-reset", "is not a fault"),
+    ("dead:times=1", "is not a fault"),
     ("partial:probability=2", "from 0 to 1"),
     ("stall:every=2:probability=0.5", "do not go together"),
     ("stall:length=9-3", "is empty"),

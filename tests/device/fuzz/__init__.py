@@ -9,7 +9,9 @@ Two kinds of phases alternate at random:
   messages aimed at the device's own config space and its root port's
   (through MMCONFIG: Device Control, Slot Control, ...), at its BARs and at
   nothing; config writes (FLR, MSI/MSI-X, PM state, BARs, slot power,
-  secondary bus reset), every property at its extremes, clock steps, system
+  secondary bus reset), every property at its extremes (the rogue faults'
+  too: dead, resets ignored, storms, late and stray writes, ...), random
+  fault rules (valid ones accepted, canonical form stable), clock steps, system
   reset, hot-unplug and re-plug, migration into a new machine. Nothing is
   predicted but that QEMU lives, properties obey their ranges, and the
   device comes back clean after a reset.
@@ -36,6 +38,7 @@ The modules, each with one purpose (none imports one further down this list):
 - properties: qom-set against the properties' ranges
 - aims: config registers a hostile guest points DMA and messages at
 - context: what a phase uses of the run (a Protocol the runner satisfies)
+- rules: random fault-rules texts with the spec's verdict
 - chaos: the chaos phase
 - model: a checked descriptor's plan and the model's prediction of it
 - plans: random checked descriptors, some deliberately broken

@@ -52,6 +52,7 @@ from .layout import (
     PCI_EXP_SLTCTL_PCC,
     PCI_PM_CTRL,
     PCI_PM_D3HOT,
+    QOM,
     RAM_END,
     REG,
     REGISTER_OFFSETS,
@@ -64,6 +65,7 @@ from .layout import (
     mmcfg,
     unmapped,
 )
+from .rules import random_rules
 
 
 @dataclass
@@ -83,7 +85,8 @@ class Chaos:
 
     WEIGHTS: ClassVar[dict[str, float]] = {
         "reg_write": 24, "reg_read": 4, "post": 14, "doorbell": 5, "consume": 4,
-        "clock": 12, "rings": 4, "aimed": 6, "config": 6, "vectors": 2, "qom": 4, "mem": 2,
+        "clock": 12, "rings": 4, "aimed": 6, "config": 6, "vectors": 2, "qom": 5, "rules": 2,
+        "mem": 2,
         "system_reset": 0.3, "hotplug": 0.4,
     }
     INTERESTING: ClassVar[tuple[int, ...]] = (
@@ -471,6 +474,30 @@ class Chaos:
 
     def op_qom(self) -> None:
         self.fuzz.props.extreme(self.rng, exact=False)
+
+    def op_rules(self) -> None:
+        """A random fault-rules value: accepted exactly when valid, and its
+        canonical form (qom-get) set again gives itself back."""
+        text, valid = random_rules(self.rng)
+        self.rep.log(f"fault-rules {text!r}")
+        try:
+            self.qt.qmp.cmd("qom-set", path=QOM, property="fault-rules", value=text)
+            accepted = True
+        except ExecuteError:
+            accepted = False
+        if not self.board.device_exists():
+            return
+        if accepted != valid:
+            self.rep.violation("rules-verdict", f"fault-rules {text!r} was "
+                               f"{'accepted' if accepted else 'refused'}", abort=False)
+        if accepted:
+            canonical = self.qt.qmp.cmd("qom-get", path=QOM, property="fault-rules")
+            self.qt.qmp.cmd("qom-set", path=QOM, property="fault-rules", value=canonical)
+            again = self.qt.qmp.cmd("qom-get", path=QOM, property="fault-rules")
+            if again != canonical:
+                self.rep.violation("rules-canonical", f"{canonical!r} set again reads "
+                                   f"{again!r}", abort=False)
+        self.rep.tick(3)
 
     # -- the big ones --------------------------------------------------------------
 

@@ -26,20 +26,36 @@ from .report import Reporter
 @dataclass(frozen=True)
 class Prop:
     name: str
-    maximum: int  # unused for "bool"
-    kind: str  # "timing", "count", "spurious" or "bool"
+    maximum: int  # unused for "bool" and "mode"
+    kind: str  # "timing", "count", "spurious", "bool" or "mode"
+    minimum: int = 0  # the least value but 0
 
 
+# The rogue faults (datasheet §8): counted, or modes of the whole device.
+ROGUE_COUNTS = ("late-write", "stray-write", "delayed-irq", "out-of-order", "wrong-tag")
+IGNORE_RESET = ("none", "soft", "flr", "both")
+MIN_STORM_NS = 1000
 PROPS = (
     Prop("latency-ns", MAX_DELAY_NS, "timing"),
     Prop("bandwidth-mbps", MAX_BANDWIDTH_MBPS, "timing"),
     Prop("fault-extra-delay-ns", MAX_DELAY_NS, "timing"),
+    Prop("fault-late-write-delay-ns", MAX_DELAY_NS, "timing"),
+    Prop("fault-irq-delay-ns", MAX_DELAY_NS, "timing"),
+    Prop("fault-irq-storm-ns", MAX_DELAY_NS, "timing", MIN_STORM_NS),
     Prop("fault-spurious-irq", MAX_SPURIOUS, "spurious"),
     *(Prop(f"fault-{name}", U32_MAX, "count") for name in (
-        "dma-error", "drop-irq", "duplicate-completion", "corrupt", "partial", "stall")),
+        "dma-error", "drop-irq", "duplicate-completion", "corrupt", "partial", "stall",
+        *ROGUE_COUNTS)),
     Prop("zero-delay", 0, "bool"),
+    Prop("fault-dead", 0, "bool"),
+    Prop("fault-ignore-reset", 0, "mode"),
 )
 PROP = {p.name: p for p in PROPS}
+# Put back between phases: the checked phase's model knows none of them.
+ROGUE_CLEARED: dict[str, object] = {
+    "fault-dead": False, "fault-ignore-reset": "none", "fault-irq-storm-ns": 0,
+    "fault-rules": "", **{f"fault-{name}": 0 for name in ROGUE_COUNTS},
+}
 STATS = ("stat-descriptors", "stat-bytes", "stat-interrupts", "stat-errors", "stat-faults")
 
 
@@ -58,8 +74,10 @@ class Properties:
     def in_range(prop: Prop, value: Any) -> bool:
         if prop.kind == "bool":
             return isinstance(value, bool)
+        if prop.kind == "mode":
+            return value in IGNORE_RESET
         return isinstance(value, int) and not isinstance(value, bool) and \
-            0 <= value <= prop.maximum
+            (value == 0 or prop.minimum <= value <= prop.maximum)
 
     def set(self, name: str, value: Any, *, exact: bool = True) -> bool:
         """``exact``: the device is idle, so what was set reads back as set."""
@@ -74,7 +92,8 @@ class Properties:
                 return False  # unplugged (by the guest or its DMA): nothing to say
         self.rep.tick()
         if accepted != want:
-            limit = f"0..{prop.maximum}" if prop.kind != "bool" else "a boolean"
+            limit = {"bool": "a boolean", "mode": "|".join(IGNORE_RESET)}.get(
+                prop.kind, f"0 or {max(prop.minimum, 1)}..{prop.maximum}")
             verdict = "accepted" if accepted else f"refused ({why})"
             self.rep.violation("property-range", f"qom-set {name}={value!r} was {verdict}; "
                                f"v1.1 item 2 says {limit}", abort=False)
@@ -109,6 +128,14 @@ class Properties:
         prop = rng.choice(PROPS)
         if prop.kind == "bool":
             self.set(prop.name, rng.choice([True, False, True, 1, "on"]), exact=exact)
+        elif prop.kind == "mode":
+            self.set(prop.name, rng.choice([*IGNORE_RESET, "", "soft|flr", 3]), exact=exact)
         else:
             self.set(prop.name, rng.choice([*extremes(prop.maximum),
-                                            rng.randrange(prop.maximum + 1)]), exact=exact)
+                                            rng.randrange(prop.maximum + 1),
+                                            prop.minimum, prop.minimum - 1]), exact=exact)
+
+    def clear_rogue(self) -> None:
+        """Every rogue fault and rule off (the device is there)."""
+        for name, value in ROGUE_CLEARED.items():
+            self.board.qt.qmp.cmd("qom-set", path=QOM, property=name, value=value)

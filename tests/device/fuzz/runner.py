@@ -115,6 +115,7 @@ class Fuzzer:
             self.rep.notes["device gone at recovery: device_add"] += 1
             self.rep.log("the device is gone: device_add")
             board.add_device()
+        self.props.clear_rogue()  # a dead device would not come back; none is modelled
         for _ in range(20):
             if board.visible():
                 break

@@ -20,6 +20,14 @@ static const char *const fault_names[DMAGATE_FAULT_COUNT] = {
     [DMAGATE_FAULT_CORRUPT] = "corrupt",
     [DMAGATE_FAULT_PARTIAL] = "partial",
     [DMAGATE_FAULT_STALL] = "stall",
+    [DMAGATE_FAULT_LATE_WRITE] = "late-write",
+    [DMAGATE_FAULT_STRAY_WRITE] = "stray-write",
+    [DMAGATE_FAULT_DELAYED_IRQ] = "delayed-irq",
+    [DMAGATE_FAULT_OUT_OF_ORDER] = "out-of-order",
+    [DMAGATE_FAULT_WRONG_TAG] = "wrong-tag",
+    [DMAGATE_FAULT_IGNORE_RESET] = "ignore-reset",
+    [DMAGATE_FAULT_DEAD] = "dead",
+    [DMAGATE_FAULT_IRQ_STORM] = "irq-storm",
 };
 
 static const char *const op_names[] = {
@@ -42,7 +50,7 @@ const char *dmagate_fault_name(int fault)
 
 static bool rule_fault_ok(int fault)
 {
-    return fault >= 0 && fault < DMAGATE_FAULT_COUNT &&
+    return fault >= 0 && fault < DMAGATE_FAULT_COUNTED &&
            fault != DMAGATE_FAULT_SPURIOUS_IRQ;
 }
 
@@ -185,7 +193,9 @@ static bool parse_rule(const char *text, DmagateRule *rule, Error **errp)
     }
     if (fault == DMAGATE_FAULT_COUNT) {
         error_setg(errp, "'%s' is not a fault (dma-error, partial, corrupt, "
-                   "stall, duplicate-completion, drop-irq)", parts[0]);
+                   "stall, duplicate-completion, drop-irq, late-write, "
+                   "stray-write, delayed-irq, out-of-order, wrong-tag)",
+                   parts[0]);
         return false;
     }
     rule->fault = fault;
@@ -196,7 +206,7 @@ static bool parse_rule(const char *text, DmagateRule *rule, Error **errp)
         if (!kv[0] || !*kv[0]) {
             continue;
         }
-        if (!kv[1]) {
+        if (!kv[1] || !*kv[1]) {
             error_setg(errp, "'%s' needs a value (KEY=VALUE)", kv[0]);
             return false;
         }

@@ -17,7 +17,12 @@
 
 #include "migration/vmstate.h"
 
-/* Faults a descriptor can be hit by; the order of their QOM properties. */
+/*
+ * Every fault the device can inject. Those before DMAGATE_FAULT_COUNTED
+ * have a count property ("fault-NAME": the next N); all of those but
+ * spurious-irq hit one descriptor and can have rules. The rest are modes
+ * of the whole device, each with a property of its own.
+ */
 enum {
     DMAGATE_FAULT_DMA_ERROR,
     DMAGATE_FAULT_DROP_IRQ,
@@ -26,6 +31,15 @@ enum {
     DMAGATE_FAULT_CORRUPT,
     DMAGATE_FAULT_PARTIAL,
     DMAGATE_FAULT_STALL,
+    DMAGATE_FAULT_LATE_WRITE,
+    DMAGATE_FAULT_STRAY_WRITE,
+    DMAGATE_FAULT_DELAYED_IRQ,
+    DMAGATE_FAULT_OUT_OF_ORDER,
+    DMAGATE_FAULT_WRONG_TAG,
+    DMAGATE_FAULT_COUNTED,
+    DMAGATE_FAULT_IGNORE_RESET = DMAGATE_FAULT_COUNTED,
+    DMAGATE_FAULT_DEAD,
+    DMAGATE_FAULT_IRQ_STORM,
     DMAGATE_FAULT_COUNT,
 };
 

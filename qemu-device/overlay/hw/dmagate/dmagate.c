@@ -22,6 +22,12 @@
  *  - the timer and bottom halves are cancelled at unrealize and freed only
  *    at finalize.
  *
+ * Rogue faults (docs/device.md section 8) break the datasheet on purpose:
+ * a late or stray write, a completion out of order or with another tag, a
+ * delayed interrupt, an interrupt storm, a reset that is ignored, a device
+ * that answers nothing. They follow the same rules; a fault that fires
+ * emits the DMAGATE_FAULT QMP event (qapi/dmagate.json).
+ *
  * Copyright (c) 2026 The dmagate authors
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -37,6 +43,7 @@
 #include "qemu/timer.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
+#include "qapi/qapi-events-dmagate.h"
 #include "qapi/visitor.h"
 #include "hw/pci/pci_device.h"
 #include "hw/pci/msi.h"
@@ -114,15 +121,42 @@ static const char *const stat_names[STAT_COUNT] = {
 
 /*
  * Where the descriptor in progress is: moving data, waiting to write its
- * completion (fault-extra-delay-ns), or waiting for CQ room for the
- * duplicate record of fault-duplicate-completion.
+ * completion (fault-extra-delay-ns), waiting for CQ room for the
+ * duplicate record of fault-duplicate-completion; then, with the rogue
+ * faults, holding its interrupt (delayed-irq), waiting to write its data
+ * again (late-write) and writing it. The stages come in this order.
  */
 enum {
     STAGE_DATA,
     STAGE_COMPLETE,
     STAGE_DUPLICATE,
+    STAGE_IRQ,
+    STAGE_LATE,
+    STAGE_LATE_WRITE,
     STAGE_COUNT,
 };
+
+/* An out-of-order completion: none, held, or due after the next record. */
+enum {
+    HELD_NONE,
+    HELD_WAITING,
+    HELD_RELEASE,
+    HELD_COUNT,
+};
+
+/* fault-ignore-reset: which resets the device ignores. */
+#define DMAGATE_IGNORE_SOFT     1u
+#define DMAGATE_IGNORE_FLR      2u
+
+static const char *const ignore_reset_names[] = {
+    "none", "soft", "flr", "both",
+};
+
+/* A stray write puts this much in the page past a segment. */
+#define DMAGATE_STRAY_BYTES 64
+#define DMAGATE_PAGE 4096
+/* fault-irq-storm-ns: the shortest gap between two storm interrupts */
+#define DMAGATE_MIN_STORM_NS 1000
 
 /* A timed step moves at most this much. */
 #define DMAGATE_CHUNK (256 * KiB)
@@ -134,6 +168,7 @@ typedef struct DmagateState {
     MemoryRegion mmio;
     QEMUBH *bh;
     QEMUTimer *timer;
+    QEMUTimer *storm_timer;
     VMChangeStateEntry *vm_state;
     uint8_t *bounce;
     /* Bumped by reset, disable and unrealize; see the comment at the top. */
@@ -185,6 +220,18 @@ typedef struct DmagateState {
     bool duplicate;
     int64_t due_ns;         /* next chunk, or the completion, not before */
     int64_t cpl_time_ns;    /* timestamp of the record (and its duplicate) */
+    uint32_t cpl_tag;       /* the tag the record carries (wrong-tag) */
+    bool delayed_irq;
+    bool late_write;
+
+    /* Rogue state */
+    uint32_t prev_tag;      /* tag of the descriptor taken before */
+    bool has_prev_tag;
+    bool tag_valid;         /* s->tag is a descriptor's since enable */
+    uint8_t held;           /* out-of-order: HELD_* */
+    uint8_t held_rec[DMAGATE_CPL_SIZE];
+    uint32_t held_causes;
+    bool storm_announced;
 
     /*
      * The MSI-X table and PBA as the stream carries them (VMSTATE_MSIX's
@@ -198,9 +245,14 @@ typedef struct DmagateState {
     uint64_t latency_ns;
     uint64_t bandwidth_mbps;
     bool zero_delay;
-    uint32_t faults[DMAGATE_FAULT_COUNT];
+    uint32_t faults[DMAGATE_FAULT_COUNTED];
     DmagateRuleSet rules;
     uint64_t extra_delay_ns;
+    uint64_t late_delay_ns;
+    uint64_t irq_delay_ns;
+    uint64_t storm_ns;
+    uint8_t ignore_reset;   /* DMAGATE_IGNORE_* */
+    bool dead;
 } DmagateState;
 
 /* The engine's allowance for one bottom half. */
@@ -254,6 +306,25 @@ static uint16_t dmagate_reject(DmagateState *s, const char *why,
 }
 
 /*
+ * @fault fired: count it, trace it, tell QMP (with the current descriptor
+ * if @on_descriptor; @rule: the rule that fired, -1 for a property).
+ */
+static void dmagate_fired(DmagateState *s, int fault, bool on_descriptor,
+                          int rule)
+{
+    g_autofree char *path = object_get_canonical_path(OBJECT(s));
+
+    s->stats[STAT_FAULTS]++;
+    trace_dmagate_fault(dmagate_fault_name(fault),
+                        on_descriptor ? s->index : 0, rule);
+    qapi_event_send_dmagate_fault(DEVICE(s)->id, path ? path : "",
+                                  dmagate_fault_name(fault),
+                                  on_descriptor, s->index,
+                                  on_descriptor, s->tag,
+                                  rule >= 0, rule, dmagate_now());
+}
+
+/*
  * Fault knobs and rules: true if @fault fires now on the current
  * descriptor (the caller applies it). Every rule for @fault counts it.
  */
@@ -271,8 +342,7 @@ static bool dmagate_fault_fires(DmagateState *s, int fault)
         }
     }
     if (fires) {
-        s->stats[STAT_FAULTS]++;
-        trace_dmagate_fault(dmagate_fault_name(fault), s->index, rule);
+        dmagate_fired(s, fault, true, rule);
     }
     return fires;
 }
@@ -299,7 +369,8 @@ static void dmagate_update_intx(DmagateState *s)
     PCIDevice *pdev = PCI_DEVICE(s);
     bool level = false;
 
-    if (!msix_enabled(pdev) && !msi_enabled(pdev) && dmagate_in_d0(s)) {
+    if (!msix_enabled(pdev) && !msi_enabled(pdev) && dmagate_in_d0(s) &&
+        !s->dead) {
         level = s->int_status & ~s->int_mask & DMAGATE_INT_ALL;
     }
     /* An assertion that INTx Disable does not hide counts as sent. */
@@ -312,11 +383,11 @@ static void dmagate_update_intx(DmagateState *s)
     pci_set_irq(pdev, level);
 }
 
-/* One MSI-X message; counted only if it leaves the device. */
 /*
  * One MSI-X or MSI message for @cause; counted only if it leaves the
  * device, and counted before it goes: the message may reset or unplug the
- * device, after which nothing of it may be touched.
+ * device, after which nothing of it may be touched. A dead device sends
+ * nothing.
  */
 static void dmagate_message(DmagateState *s, uint32_t cause)
 {
@@ -324,7 +395,9 @@ static void dmagate_message(DmagateState *s, uint32_t cause)
     unsigned vector = cause == R_INT_COMPLETION_MASK ?
                       DMAGATE_MSIX_VEC_COMPLETION : DMAGATE_MSIX_VEC_ERROR;
 
-    if (msix_enabled(pdev)) {
+    if (s->dead) {
+        return;
+    } else if (msix_enabled(pdev)) {
         if (!msix_is_masked(pdev, vector) && dmagate_bus_master(s)) {
             s->stats[STAT_INTERRUPTS]++;
             trace_dmagate_irq(cause, "msix");
@@ -772,6 +845,9 @@ static bool dmagate_fetch(DmagateState *s, DmagateBudget *budget,
     s->index = s->sq_head;
     s->opcode = desc[DMAGATE_DESC_OPCODE];
     s->flags = desc[DMAGATE_DESC_FLAGS];
+    s->prev_tag = s->tag;
+    s->has_prev_tag = s->tag_valid;
+    s->tag_valid = true;
     s->tag = ldl_le_p(desc + DMAGATE_DESC_TAG);
     s->sg_count = ldl_le_p(desc + DMAGATE_DESC_SG_COUNT);
     s->length = ldl_le_p(desc + DMAGATE_DESC_LENGTH);
@@ -784,6 +860,8 @@ static bool dmagate_fetch(DmagateState *s, DmagateBudget *budget,
     s->corrupt = false;
     s->drop_irq = false;
     s->duplicate = false;
+    s->delayed_irq = false;
+    s->late_write = false;
     s->accepted = false;
     trace_dmagate_desc_fetch(s->index, s->opcode, s->tag, s->length,
                              s->sg_count);
@@ -813,27 +891,32 @@ static bool dmagate_cq_full(DmagateState *s)
     return (s->cq_tail + 1) % s->cq_size == s->cq_head;
 }
 
-/* Write the current descriptor's completion record at CQ_TAIL. */
-static bool dmagate_post(DmagateState *s, uint32_t epoch)
+/* The current descriptor's completion record; the phase bit is set at post. */
+static void dmagate_record(DmagateState *s, uint8_t *rec)
 {
-    uint64_t addr = s->cq_base + (uint64_t)s->cq_tail * DMAGATE_CPL_SIZE;
-    uint8_t rec[DMAGATE_CPL_SIZE] = { 0 };
-    MemTxResult res;
-
-    stl_le_p(rec + DMAGATE_CPL_TAG, s->tag);
+    memset(rec, 0, DMAGATE_CPL_SIZE);
+    stl_le_p(rec + DMAGATE_CPL_TAG, s->cpl_tag);
     stw_le_p(rec + DMAGATE_CPL_STATUS, s->result);
-    stw_le_p(rec + DMAGATE_CPL_FLAGS, s->cq_phase ? DMAGATE_CPL_F_PHASE : 0);
     stl_le_p(rec + DMAGATE_CPL_BYTES_DONE, s->done);
     stl_le_p(rec + DMAGATE_CPL_CRC, s->crc);
     stq_le_p(rec + DMAGATE_CPL_TIMESTAMP, s->cpl_time_ns);
     stl_le_p(rec + DMAGATE_CPL_SQ_INDEX, s->index);
-    res = pci_dma_write(PCI_DEVICE(s), addr, rec, sizeof(rec));
+}
+
+/* Write @rec at CQ_TAIL. False if the device halted or was lost. */
+static bool dmagate_post(DmagateState *s, uint8_t *rec, uint32_t epoch)
+{
+    uint64_t addr = s->cq_base + (uint64_t)s->cq_tail * DMAGATE_CPL_SIZE;
+    MemTxResult res;
+
+    stw_le_p(rec + DMAGATE_CPL_FLAGS, s->cq_phase ? DMAGATE_CPL_F_PHASE : 0);
+    res = pci_dma_write(PCI_DEVICE(s), addr, rec, DMAGATE_CPL_SIZE);
     if (dmagate_lost(s, epoch)) {
         return false;
     }
     if (res != MEMTX_OK) {
         dmagate_halt(s, "cannot write completion", DMAGATE_ST_BAD_RING,
-                     s->index, addr);
+                     ldl_le_p(rec + DMAGATE_CPL_SQ_INDEX), addr);
         return false;
     }
     s->cq_tail = (s->cq_tail + 1) % s->cq_size;
@@ -857,6 +940,62 @@ static uint32_t dmagate_causes(DmagateState *s)
     return causes;
 }
 
+/* Its records are written: the delayed interrupt, then the late write. */
+static void dmagate_after_records(DmagateState *s)
+{
+    if (s->stage < STAGE_IRQ && s->delayed_irq) {
+        s->stage = STAGE_IRQ;
+        s->due_ns = s->cpl_time_ns + s->irq_delay_ns;
+    } else if (s->stage < STAGE_LATE && s->late_write) {
+        s->stage = STAGE_LATE;
+        s->due_ns = s->cpl_time_ns + s->late_delay_ns;
+    } else {
+        s->active = false;
+    }
+}
+
+/*
+ * Faults decided as the first record is written. The order is that of
+ * docs/device.md: the rules of a later fault see only descriptors the
+ * earlier ones left it.
+ */
+static void dmagate_arm_completion_faults(DmagateState *s, uint32_t causes)
+{
+    if (!s->accepted) {
+        return;
+    }
+    if (s->has_prev_tag && s->prev_tag != s->tag &&
+        dmagate_fault_fires(s, DMAGATE_FAULT_WRONG_TAG)) {
+        s->cpl_tag = s->prev_tag;
+    }
+    s->drop_irq = causes && dmagate_fault_fires(s, DMAGATE_FAULT_DROP_IRQ);
+    s->delayed_irq = causes && !s->drop_irq &&
+                     dmagate_fault_fires(s, DMAGATE_FAULT_DELAYED_IRQ);
+    s->late_write = s->done && s->opcode != DMAGATE_OP_CHECKSUM &&
+                    dmagate_fault_fires(s, DMAGATE_FAULT_LATE_WRITE);
+}
+
+/*
+ * out-of-order: keep this record back and write it after the next
+ * descriptor's first one. Only for a descriptor with a successor already
+ * in the SQ and no other record or write still to come.
+ */
+static bool dmagate_hold_record(DmagateState *s, const uint8_t *rec,
+                                uint32_t causes)
+{
+    if (!s->accepted || s->duplicate || s->delayed_irq || s->late_write ||
+        s->held != HELD_NONE || s->sq_head == s->sq_tail ||
+        !dmagate_fault_fires(s, DMAGATE_FAULT_OUT_OF_ORDER)) {
+        return false;
+    }
+    memcpy(s->held_rec, rec, DMAGATE_CPL_SIZE);
+    s->held_causes = s->drop_irq ? 0 : causes;
+    s->held = HELD_WAITING;
+    s->active = false;
+    trace_dmagate_record_held(s->index, s->tag);
+    return true;
+}
+
 /*
  * Write the current descriptor's completion, or its duplicate. False if
  * the engine must stop: CQ full (it waits for CQ_HEAD), halted or lost.
@@ -864,7 +1003,8 @@ static uint32_t dmagate_causes(DmagateState *s)
 static bool dmagate_complete(DmagateState *s, uint32_t epoch)
 {
     bool first = s->stage == STAGE_COMPLETE;
-    uint32_t causes;
+    uint8_t rec[DMAGATE_CPL_SIZE];
+    uint32_t causes = dmagate_causes(s);
 
     if (dmagate_cq_full(s)) {
         trace_dmagate_cq_full(s->cq_head, s->cq_tail);
@@ -873,15 +1013,10 @@ static bool dmagate_complete(DmagateState *s, uint32_t epoch)
     if (first) {
         if (s->result == DMAGATE_ST_OK && s->done < s->length) {
             s->result = DMAGATE_ST_SHORT;
+            causes = dmagate_causes(s);
         }
         s->cpl_time_ns = dmagate_now();
-    }
-    if (!dmagate_post(s, epoch)) {
-        return false;
-    }
-
-    causes = dmagate_causes(s);
-    if (first) {
+        s->cpl_tag = s->tag;
         trace_dmagate_complete(s->index, s->tag, s->result, s->done, s->crc);
         s->stats[STAT_DESCRIPTORS]++;
         s->stats[STAT_BYTES] += s->done;
@@ -890,18 +1025,85 @@ static bool dmagate_complete(DmagateState *s, uint32_t epoch)
             s->error = s->result;
             s->error_index = s->index;
         }
-        s->drop_irq = causes && s->accepted &&
-                      dmagate_fault_fires(s, DMAGATE_FAULT_DROP_IRQ);
+        dmagate_arm_completion_faults(s, causes);
+    }
+    dmagate_record(s, rec);
+    if (first && dmagate_hold_record(s, rec, causes)) {
+        return true;
+    }
+    if (!dmagate_post(s, rec, epoch)) {
+        return false;
+    }
+    if (first && s->held == HELD_WAITING) {
+        s->held = HELD_RELEASE;
     }
     if (first && s->duplicate) {
         s->stage = STAGE_DUPLICATE;
     } else {
-        s->active = false;
+        dmagate_after_records(s);
     }
-    if (causes && !s->drop_irq) {
+    if (causes && !s->drop_irq && !s->delayed_irq) {
         return dmagate_raise(s, causes);
     }
     return true;
+}
+
+/* Write the record out-of-order held back, now that another one is out. */
+static bool dmagate_release_held(DmagateState *s, uint32_t epoch)
+{
+    if (dmagate_cq_full(s)) {
+        trace_dmagate_cq_full(s->cq_head, s->cq_tail);
+        return false;
+    }
+    if (!dmagate_post(s, s->held_rec, epoch)) {
+        return false;
+    }
+    s->held = HELD_NONE;
+    return !s->held_causes || dmagate_raise(s, s->held_causes);
+}
+
+/*
+ * stray-write: as the data of a FILL or TRANSFORM is all done, 64 more
+ * bytes of it go to the start of the page past its last segment, when
+ * that is guest RAM (written in place: no call out of the device).
+ */
+static void dmagate_stray_write(DmagateState *s)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+    uint32_t seg, len = DMAGATE_STRAY_BYTES;
+    dma_addr_t mapped = len;
+    uint64_t end, addr;
+    uint8_t *p;
+
+    if (!s->accepted || s->result != DMAGATE_ST_OK ||
+        s->opcode == DMAGATE_OP_CHECKSUM || !s->done ||
+        s->done != s->length) {
+        return;
+    }
+    /* The segment that holds the transfer's last byte. */
+    seg = s->sg_off ? s->sg_pos : s->sg_pos - 1;
+    if (seg >= MIN(s->sg_count, DMAGATE_MAX_SEGMENTS)) {
+        return;     /* a position no walk leaves (from a stream) */
+    }
+    end = s->sg_addr[seg] + s->sg_len[seg];
+    addr = ROUND_UP(end, DMAGATE_PAGE);
+    if (end == 0 || addr < end ||
+        dmagate_lookup(s, addr, &len, s->opcode == DMAGATE_OP_TRANSFORM,
+                       true) != TARGET_RAM || len < DMAGATE_STRAY_BYTES ||
+        !dmagate_fault_fires(s, DMAGATE_FAULT_STRAY_WRITE)) {
+        return;
+    }
+    p = pci_dma_map(pdev, addr, &mapped, DMA_DIRECTION_FROM_DEVICE);
+    if (!p) {
+        return;
+    }
+    if (s->opcode == DMAGATE_OP_FILL) {
+        dmagate_pattern(p, s->length, mapped, s->param);
+    } else {
+        dmagate_xor_key(p, s->length, mapped, s->param);
+    }
+    pci_dma_unmap(pdev, p, mapped, DMA_DIRECTION_FROM_DEVICE, mapped);
+    trace_dmagate_stray_write(s->index, addr, mapped);
 }
 
 static int64_t dmagate_transfer_ns(DmagateState *s, uint32_t bytes)
@@ -916,7 +1118,8 @@ static int64_t dmagate_transfer_ns(DmagateState *s, uint32_t bytes)
 /* The engine may take or move work now. */
 static bool dmagate_may_run(DmagateState *s)
 {
-    return !s->unrealized && runstate_is_running() && dmagate_enabled(s) &&
+    return !s->unrealized && !s->dead && runstate_is_running() &&
+           dmagate_enabled(s) &&
            !FIELD_EX32(s->status, STATUS, HALTED) &&
            !FIELD_EX32(s->status, STATUS, STALLED) && dmagate_in_d0(s);
 }
@@ -946,6 +1149,12 @@ static void dmagate_engine(DmagateState *s)
         dmagate_update_intx(s);
     }
     while (dmagate_may_run(s)) {
+        if (s->held == HELD_RELEASE) {
+            if (!dmagate_release_held(s, epoch)) {
+                return;
+            }
+            continue;
+        }
         if (!s->active) {
             if (s->sq_head == s->sq_tail) {
                 return;
@@ -965,13 +1174,15 @@ static void dmagate_engine(DmagateState *s)
             }
             continue;
         }
-        /* The completion's extra delay holds in zero-delay mode too. */
-        if ((s->stage == STAGE_COMPLETE || !s->zero_delay) &&
+        /* Only moving data is instant in zero-delay mode; fault delays hold. */
+        if ((!s->zero_delay || (s->stage != STAGE_DATA &&
+                                s->stage != STAGE_LATE_WRITE)) &&
             dmagate_now() < s->due_ns) {
             timer_mod(s->timer, s->due_ns);
             return;
         }
-        if (s->stage == STAGE_DATA && s->done < s->limit) {
+        if ((s->stage == STAGE_DATA || s->stage == STAGE_LATE_WRITE) &&
+            s->done < s->limit) {
             int64_t moved;
 
             if (!budget.bytes) {
@@ -987,11 +1198,35 @@ static void dmagate_engine(DmagateState *s)
             continue;
         }
         if (s->stage == STAGE_DATA) {
+            dmagate_stray_write(s);
             s->stage = STAGE_COMPLETE;
             if (s->zero_delay) {
                 s->due_ns = dmagate_now();
             }
             s->due_ns += s->extra_delay_ns;
+            continue;
+        }
+        if (s->stage == STAGE_IRQ) {
+            dmagate_after_records(s);
+            trace_dmagate_irq_delayed(s->index);
+            if (!dmagate_raise(s, dmagate_causes(s))) {
+                return;
+            }
+            continue;
+        }
+        if (s->stage == STAGE_LATE) {
+            /* The same data pass again, over what the first one reached. */
+            trace_dmagate_late_write(s->index, s->done);
+            s->stage = STAGE_LATE_WRITE;
+            s->limit = s->done;
+            s->done = 0;
+            s->sg_pos = 0;
+            s->sg_off = 0;
+            s->due_ns = dmagate_now();
+            continue;
+        }
+        if (s->stage == STAGE_LATE_WRITE) {
+            s->active = false;
             continue;
         }
         if (!dmagate_complete(s, epoch)) {
@@ -1040,6 +1275,52 @@ static void dmagate_vm_state_change(void *opaque, bool running,
     }
 }
 
+/* fault-irq-storm-ns */
+
+static bool dmagate_storm_on(DmagateState *s)
+{
+    return s->storm_ns && dmagate_enabled(s) && !s->dead && !s->unrealized;
+}
+
+/* Start or stop the storm as its property and the device's state say. */
+static void dmagate_storm_update(DmagateState *s)
+{
+    if (!s->storm_timer) {
+        return;     /* set on -device: starts when the driver enables */
+    }
+    if (!dmagate_storm_on(s)) {
+        timer_del(s->storm_timer);
+        s->storm_announced = false;
+        return;
+    }
+    if (!s->storm_announced) {
+        s->storm_announced = true;
+        dmagate_fired(s, DMAGATE_FAULT_IRQ_STORM, false, -1);
+    }
+    if (!timer_pending(s->storm_timer)) {
+        timer_mod(s->storm_timer, dmagate_now() + s->storm_ns);
+    }
+}
+
+/* One interrupt of the storm: COMPLETION, with no completion behind it. */
+static void dmagate_storm_cb(void *opaque)
+{
+    DmagateState *s = opaque;
+
+    if (!dmagate_storm_on(s)) {
+        return;
+    }
+    /* Re-armed first: the message may reset or unplug the device. */
+    timer_mod(s->storm_timer, dmagate_now() + s->storm_ns);
+    s->stats[STAT_FAULTS]++;
+    s->int_status |= R_INT_COMPLETION_MASK;
+    object_ref(OBJECT(s));
+    if (dmagate_signal(s, R_INT_COMPLETION_MASK)) {
+        dmagate_update_intx(s);
+    }
+    aio_bh_schedule_oneshot(qemu_get_aio_context(), dmagate_drop_ref, s);
+}
+
 /* Reset */
 
 static void dmagate_reset_state(DmagateState *s, const char *why)
@@ -1069,6 +1350,9 @@ static void dmagate_reset_state(DmagateState *s, const char *why)
     memset(s->stats, 0, sizeof(s->stats));
     s->active = false;
     s->stage = STAGE_DATA;
+    s->tag_valid = false;
+    s->held = HELD_NONE;
+    dmagate_storm_update(s);
     dmagate_update_intx(s);
 }
 
@@ -1098,10 +1382,13 @@ static void dmagate_fire_spurious(DmagateState *s, uint32_t count)
 {
     uint32_t epoch = s->epoch;
 
+    if (!count) {
+        return;
+    }
+    /* One event for the batch; each interrupt counts as a fault. */
+    dmagate_fired(s, DMAGATE_FAULT_SPURIOUS_IRQ, false, -1);
+    s->stats[STAT_FAULTS] += count - 1;
     for (uint32_t i = 0; i < count; i++) {
-        s->stats[STAT_FAULTS]++;
-        trace_dmagate_fault(dmagate_fault_name(DMAGATE_FAULT_SPURIOUS_IRQ), 0,
-                            -1);
         s->int_status |= R_INT_COMPLETION_MASK;
         if (!dmagate_signal(s, R_INT_COMPLETION_MASK)) {
             return;
@@ -1129,8 +1416,11 @@ static void dmagate_enable(DmagateState *s)
     s->sq_head = s->sq_tail = 0;
     s->cq_head = s->cq_tail = 0;
     s->cq_phase = 1;
+    s->tag_valid = false;
+    s->held = HELD_NONE;
     s->status = FIELD_DP32(s->status, STATUS, ENABLED, 1);
     trace_dmagate_enable(s->sq_base, s->sq_size, s->cq_base, s->cq_size);
+    dmagate_storm_update(s);
     /* Spurious interrupts set while disabled were held for this moment. */
     s->faults[DMAGATE_FAULT_SPURIOUS_IRQ] = 0;
     dmagate_fire_spurious(s, held);
@@ -1143,13 +1433,20 @@ static void dmagate_disable(DmagateState *s)
     s->ctrl = 0;
     s->active = false;
     s->stage = STAGE_DATA;
+    s->held = HELD_NONE;
     timer_del(s->timer);
     s->status = FIELD_DP32(s->status, STATUS, ENABLED, 0);
+    dmagate_storm_update(s);
 }
 
 static void dmagate_write_ctrl(DmagateState *s, uint32_t val)
 {
     if (FIELD_EX32(val, CTRL, RESET)) {
+        if (s->ignore_reset & DMAGATE_IGNORE_SOFT) {
+            trace_dmagate_reset_ignored("soft");
+            dmagate_fired(s, DMAGATE_FAULT_IGNORE_RESET, false, -1);
+            return;
+        }
         dmagate_reset_state(s, "soft");
         return;
     }
@@ -1225,6 +1522,10 @@ static uint64_t dmagate_mmio_read(void *opaque, hwaddr addr, unsigned size)
     uint64_t now;
     uint32_t val = 0;
 
+    if (s->dead) {
+        trace_dmagate_dead_access(addr, "read");
+        return MAKE_64BIT_MASK(0, size * 8);
+    }
     if (size != 4 || addr % 4) {
         qemu_log_mask(LOG_GUEST_ERROR, "%s: %u-byte read at 0x%" HWADDR_PRIx
                       " refused: registers take aligned 32-bit accesses\n",
@@ -1331,6 +1632,10 @@ static void dmagate_mmio_write(void *opaque, hwaddr addr, uint64_t data,
     DmagateState *s = opaque;
     uint32_t val = data;
 
+    if (s->dead) {
+        trace_dmagate_dead_access(addr, "write");
+        return;
+    }
     if (size != 4 || addr % 4) {
         g_autofree char *what = g_strdup_printf(
             "%u-byte write dropped: registers take aligned 32-bit accesses",
@@ -1420,13 +1725,37 @@ static const MemoryRegionOps dmagate_mmio_ops = {
 
 /* PCI */
 
+/* A dead device answers config reads with all ones, as an empty slot. */
+static uint32_t dmagate_read_config(PCIDevice *pdev, uint32_t addr, int len)
+{
+    DmagateState *s = DMAGATE(pdev);
+
+    if (s->dead) {
+        trace_dmagate_dead_access(addr, "config read");
+        return MAKE_64BIT_MASK(0, len * 8);
+    }
+    return pci_default_read_config(pdev, addr, len);
+}
+
 static void dmagate_write_config(PCIDevice *pdev, uint32_t addr, uint32_t val,
                                  int len)
 {
     DmagateState *s = DMAGATE(pdev);
+    uint8_t *devctl = pdev->config + pdev->exp.exp_cap + PCI_EXP_DEVCTL;
     bool was_d0 = dmagate_in_d0(s);
 
+    if (s->dead) {
+        trace_dmagate_dead_access(addr, "config write");
+        return;
+    }
     pci_default_write_config(pdev, addr, val, len);
+    if (pci_get_word(devctl) & PCI_EXP_DEVCTL_BCR_FLR &&
+        s->ignore_reset & DMAGATE_IGNORE_FLR) {
+        /* Config space, engine and all: nothing is reset. */
+        pci_word_test_and_clear_mask(devctl, PCI_EXP_DEVCTL_BCR_FLR);
+        trace_dmagate_reset_ignored("FLR");
+        dmagate_fired(s, DMAGATE_FAULT_IGNORE_RESET, false, -1);
+    }
     pcie_cap_flr_write_config(pdev, addr, val, len);
     /* Enabling MSI or MSI-X hands the interrupt over from INTx. */
     dmagate_update_intx(s);
@@ -1479,6 +1808,8 @@ static void dmagate_realize(PCIDevice *pdev, Error **errp)
         s->bh = qemu_bh_new_guarded(dmagate_run, s,
                                     &DEVICE(pdev)->mem_reentrancy_guard);
         s->timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, dmagate_timer_cb, s);
+        s->storm_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, dmagate_storm_cb,
+                                      s);
     }
     s->unrealized = false;
     s->vm_state = qemu_add_vm_change_state_handler(dmagate_vm_state_change, s);
@@ -1499,6 +1830,7 @@ static void dmagate_exit(PCIDevice *pdev)
     s->unrealized = true;
     s->epoch++;
     timer_del(s->timer);
+    timer_del(s->storm_timer);
     qemu_bh_cancel(s->bh);
     qemu_del_vm_change_state_handler(s->vm_state);
     s->vm_state = NULL;
@@ -1516,6 +1848,9 @@ static void dmagate_instance_finalize(Object *obj)
     if (s->timer) {
         timer_free(s->timer);
     }
+    if (s->storm_timer) {
+        timer_free(s->storm_timer);
+    }
     if (s->bh) {
         qemu_bh_delete(s->bh);
     }
@@ -1529,6 +1864,7 @@ typedef struct DmagateU64Prop {
     const char *description;
     size_t offset;
     uint64_t max;
+    uint64_t min_nonzero;   /* a value other than 0 is at least this */
 } DmagateU64Prop;
 
 static const DmagateU64Prop dmagate_u64_props[] = {
@@ -1538,7 +1874,26 @@ static const DmagateU64Prop dmagate_u64_props[] = {
       offsetof(DmagateState, bandwidth_mbps), DMAGATE_MAX_BANDWIDTH_MBPS },
     { "fault-extra-delay-ns", "extra time before every completion (ns)",
       offsetof(DmagateState, extra_delay_ns), DMAGATE_MAX_DELAY_NS },
+    { "fault-late-write-delay-ns", "late-write: time from completion (ns)",
+      offsetof(DmagateState, late_delay_ns), DMAGATE_MAX_DELAY_NS },
+    { "fault-irq-delay-ns", "delayed-irq: time from completion (ns)",
+      offsetof(DmagateState, irq_delay_ns), DMAGATE_MAX_DELAY_NS },
+    { "fault-irq-storm-ns", "interrupt storm: gap between interrupts "
+      "(ns; 0: no storm)", offsetof(DmagateState, storm_ns),
+      DMAGATE_MAX_DELAY_NS, DMAGATE_MIN_STORM_NS },
 };
+
+static const char *dmagate_u64_range_error(const DmagateU64Prop *prop,
+                                           uint64_t value)
+{
+    if (value > prop->max) {
+        return "is above the maximum";
+    }
+    if (value && value < prop->min_nonzero) {
+        return "is below the minimum";
+    }
+    return NULL;
+}
 
 static void dmagate_get_u32(Object *obj, Visitor *v, const char *name,
                             void *opaque, Error **errp)
@@ -1583,15 +1938,20 @@ static void dmagate_set_u64(Object *obj, Visitor *v, const char *name,
     if (!visit_type_uint64(v, name, &value, errp)) {
         return;
     }
-    if (value > prop->max) {
-        error_setg(errp, "%s: %" PRIu64 " is out of range (at most %" PRIu64
-                   ")", name, value, prop->max);
+    if (dmagate_u64_range_error(prop, value)) {
+        error_setg(errp, "%s: %" PRIu64 " is out of range (0, or %" PRIu64
+                   " to %" PRIu64 ")", name, value, MAX(prop->min_nonzero, 1),
+                   prop->max);
         return;
     }
     *(uint64_t *)((char *)obj + prop->offset) = value;
     if (s->bh) {
         /* A changed timing applies to what is still to come. */
         qemu_bh_schedule(s->bh);
+    }
+    if (DEVICE(obj)->realized) {
+        timer_del(s->storm_timer);   /* a new gap starts from now */
+        dmagate_storm_update(s);
     }
 }
 
@@ -1662,6 +2022,50 @@ static void dmagate_get_rule_status(Object *obj, Visitor *v, const char *name,
     visit_end_list(v, NULL);
 }
 
+static char *dmagate_get_ignore_reset(Object *obj, Error **errp)
+{
+    return g_strdup(ignore_reset_names[DMAGATE(obj)->ignore_reset]);
+}
+
+static void dmagate_set_ignore_reset(Object *obj, const char *value,
+                                     Error **errp)
+{
+    for (int i = 0; i < ARRAY_SIZE(ignore_reset_names); i++) {
+        if (!strcmp(value, ignore_reset_names[i])) {
+            DMAGATE(obj)->ignore_reset = i;
+            return;
+        }
+    }
+    error_setg(errp, "fault-ignore-reset: '%s' is not none, soft, flr or "
+               "both", value);
+}
+
+static bool dmagate_get_dead(Object *obj, Error **errp)
+{
+    return DMAGATE(obj)->dead;
+}
+
+/* Dead: as if the device had left the bus, until cleared (or unplugged). */
+static void dmagate_set_dead(Object *obj, bool value, Error **errp)
+{
+    DmagateState *s = DMAGATE(obj);
+
+    if (s->dead == value) {
+        return;
+    }
+    s->dead = value;
+    trace_dmagate_dead(value);
+    if (!DEVICE(obj)->realized) {
+        return;
+    }
+    if (value) {
+        dmagate_fired(s, DMAGATE_FAULT_DEAD, false, -1);
+    }
+    dmagate_storm_update(s);
+    dmagate_update_intx(s);
+    qemu_bh_schedule(s->bh);
+}
+
 static bool dmagate_get_zero_delay(Object *obj, Error **errp)
 {
     return DMAGATE(obj)->zero_delay;
@@ -1683,15 +2087,16 @@ static void dmagate_instance_init(Object *obj)
 
     s->latency_ns = 1000 * 1000;
     s->bandwidth_mbps = 1000;
+    s->late_delay_ns = 1000 * 1000;
+    s->irq_delay_ns = 1000 * 1000 * 1000;
 }
 
-/* The SG entries still to walk cover what is left, each one in range. */
-static bool dmagate_sg_state_ok(DmagateState *s)
+/* The SG entries from @pos/@off on cover @left bytes, each one in range. */
+static bool dmagate_sg_covers(DmagateState *s, uint32_t pos, uint32_t off,
+                              uint64_t left)
 {
-    uint64_t left = s->limit - s->done;
-
-    for (uint32_t i = s->sg_pos; left; i++) {
-        uint32_t from = i == s->sg_pos ? s->sg_off : 0;
+    for (uint32_t i = pos; left; i++) {
+        uint32_t from = i == pos ? off : 0;
 
         if (i >= s->sg_count || s->sg_len[i] == 0 ||
             s->sg_len[i] > DMAGATE_MAX_XFER || from >= s->sg_len[i] ||
@@ -1735,8 +2140,14 @@ static const char *dmagate_active_state_error(DmagateState *s)
         return "descriptor length or limit";
     }
     if (s->sg_count == 0 || s->sg_count > DMAGATE_MAX_SEGMENTS ||
-        !dmagate_sg_state_ok(s)) {
+        !dmagate_sg_covers(s, s->sg_pos, s->sg_off, s->limit - s->done)) {
         return "descriptor SG list or position";
+    }
+    /* A late write walks the list again from its start. */
+    if (s->late_write && s->stage < STAGE_LATE_WRITE &&
+        (s->opcode == DMAGATE_OP_CHECKSUM ||
+         !dmagate_sg_covers(s, 0, 0, s->done))) {
+        return "descriptor late write";
     }
     return NULL;
 }
@@ -1768,9 +2179,17 @@ static const char *dmagate_state_error(DmagateState *s)
     for (int i = 0; i < ARRAY_SIZE(dmagate_u64_props); i++) {
         const DmagateU64Prop *prop = &dmagate_u64_props[i];
 
-        if (*(uint64_t *)((char *)s + prop->offset) > prop->max) {
+        if (dmagate_u64_range_error(prop,
+                                    *(uint64_t *)((char *)s + prop->offset))) {
             return prop->name;
         }
+    }
+    if (s->ignore_reset >= ARRAY_SIZE(ignore_reset_names)) {
+        return "fault-ignore-reset";
+    }
+    if (s->held >= HELD_COUNT || s->held_causes & ~DMAGATE_INT_ALL ||
+        (s->held != HELD_NONE && !dmagate_enabled(s))) {
+        return "held completion";
     }
     if (s->faults[DMAGATE_FAULT_SPURIOUS_IRQ] > DMAGATE_MAX_SPURIOUS) {
         return "fault-spurious-irq";
@@ -1861,8 +2280,8 @@ static int dmagate_post_load(void *opaque, int version_id)
 
 static const VMStateDescription vmstate_dmagate = {
     .name = TYPE_DMAGATE,
-    .version_id = 2,
-    .minimum_version_id = 2,
+    .version_id = 3,
+    .minimum_version_id = 3,
     .pre_save = dmagate_pre_save,
     .post_load = dmagate_post_load,
     .fields = (const VMStateField[]) {
@@ -1916,11 +2335,27 @@ static const VMStateDescription vmstate_dmagate = {
         VMSTATE_UINT64(latency_ns, DmagateState),
         VMSTATE_UINT64(bandwidth_mbps, DmagateState),
         VMSTATE_BOOL(zero_delay, DmagateState),
-        VMSTATE_UINT32_ARRAY(faults, DmagateState, DMAGATE_FAULT_COUNT),
+        VMSTATE_UINT32_ARRAY(faults, DmagateState, DMAGATE_FAULT_COUNTED),
         VMSTATE_UINT32(rules.count, DmagateState),
         VMSTATE_STRUCT_ARRAY(rules.rule, DmagateState, DMAGATE_MAX_RULES, 0,
                              vmstate_dmagate_rule, DmagateRule),
         VMSTATE_UINT64(extra_delay_ns, DmagateState),
+        VMSTATE_UINT32(cpl_tag, DmagateState),
+        VMSTATE_BOOL(delayed_irq, DmagateState),
+        VMSTATE_BOOL(late_write, DmagateState),
+        VMSTATE_UINT32(prev_tag, DmagateState),
+        VMSTATE_BOOL(has_prev_tag, DmagateState),
+        VMSTATE_BOOL(tag_valid, DmagateState),
+        VMSTATE_UINT8(held, DmagateState),
+        VMSTATE_UINT8_ARRAY(held_rec, DmagateState, DMAGATE_CPL_SIZE),
+        VMSTATE_UINT32(held_causes, DmagateState),
+        VMSTATE_BOOL(storm_announced, DmagateState),
+        VMSTATE_TIMER_PTR(storm_timer, DmagateState),
+        VMSTATE_UINT64(late_delay_ns, DmagateState),
+        VMSTATE_UINT64(irq_delay_ns, DmagateState),
+        VMSTATE_UINT64(storm_ns, DmagateState),
+        VMSTATE_UINT8(ignore_reset, DmagateState),
+        VMSTATE_BOOL(dead, DmagateState),
         VMSTATE_END_OF_LIST()
     },
 };
@@ -1933,6 +2368,7 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
 
     pc->realize = dmagate_realize;
     pc->exit = dmagate_exit;
+    pc->config_read = dmagate_read_config;
     pc->config_write = dmagate_write_config;
     pc->vendor_id = DMAGATE_PCI_VENDOR_ID;
     pc->device_id = DMAGATE_PCI_DEVICE_ID;
@@ -1956,7 +2392,7 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
                                    dmagate_set_zero_delay);
     object_class_property_set_description(oc, "zero-delay",
                                           "no latency, no bandwidth limit");
-    for (int i = 0; i < DMAGATE_FAULT_COUNT; i++) {
+    for (int i = 0; i < DMAGATE_FAULT_COUNTED; i++) {
         /* The count properties are named after the faults' rule names. */
         g_autofree char *name = g_strconcat("fault-", dmagate_fault_name(i),
                                             NULL);
@@ -1977,6 +2413,15 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
         "rules FAULT[:KEY=VALUE]...;... (docs/device.md section 8)");
     object_class_property_add(oc, "fault-rule-status", "DmagateRuleStatus",
                               dmagate_get_rule_status, NULL, NULL, NULL);
+    object_class_property_add_str(oc, "fault-ignore-reset",
+                                  dmagate_get_ignore_reset,
+                                  dmagate_set_ignore_reset);
+    object_class_property_set_description(oc, "fault-ignore-reset",
+        "resets the device ignores: none, soft, flr or both");
+    object_class_property_add_bool(oc, "fault-dead", dmagate_get_dead,
+                                   dmagate_set_dead);
+    object_class_property_set_description(oc, "fault-dead",
+        "answer nothing (all ones), no DMA, no interrupts");
     for (int i = 0; i < STAT_COUNT; i++) {
         object_class_property_add(oc, stat_names[i], "uint64",
                                   dmagate_get_stat, NULL, NULL,
