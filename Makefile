@@ -71,7 +71,7 @@ shell: image ## boot and attach to the guest's serial console (Ctrl-] quits)
 	@$(DMAGATE) --kernel $(KERNEL) boot
 
 lint: deps ## ruff and mypy over the Python
-	@$(VENV)/bin/ruff check harness images tests
+	@$(VENV)/bin/ruff check harness images tests examples
 	@$(VENV)/bin/mypy
 
 unit-test: deps ## host-only tests (no QEMU)
@@ -86,14 +86,19 @@ device-test-asan: qemu-asan ## the device tests on the sanitizer QEMU; a report 
 
 vm-test: image ## the VM tests on KERNEL
 	@$(VENV)/bin/pytest tests/vm --kernel $(KERNEL) $(PYTEST_ARGS) \
-		--junitxml=$(BUILD)/test-results/vm-$(KERNEL).xml
+		--ignore=tests/vm/test_examples.py --junitxml=$(BUILD)/test-results/vm-$(KERNEL).xml
 
-test: lint qemu ## everything: lint, unit, device (plain, then ASan/UBSan), VM tests (TEST_KERNELS)
+examples: image ## run every script in examples/ against a VM of its own (KERNEL)
+	@$(VENV)/bin/pytest tests/vm/test_examples.py --kernel $(KERNEL) $(PYTEST_ARGS) -s \
+		--junitxml=$(BUILD)/test-results/examples-$(KERNEL).xml
+
+test: lint qemu ## everything: lint, unit, device (plain, then ASan/UBSan), VM tests (TEST_KERNELS), examples
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
 	@$(MAKE) --no-print-directory device-test
 	@$(MAKE) --no-print-directory device-test-asan
 	@set -e; for k in $(TEST_KERNELS); do \
 		$(MAKE) --no-print-directory vm-test KERNEL=$$k; done
+	@$(MAKE) --no-print-directory examples KERNEL=$(firstword $(TEST_KERNELS))
 
 bench: image ## benchmarks: boot to SSH, device DMA throughput, driver cycle time -> build/bench/
 	@$(DMAGATE) --kernel $(KERNEL) bench-boot -n 5 --out $(BUILD)/bench/boot-$(KERNEL).json
@@ -107,5 +112,5 @@ distclean: clean ## also remove .venv and ~/.cache/dmagate
 	rm -rf $(VENV) $${DMAGATE_CACHE:-$$HOME/.cache/dmagate}
 
 .PHONY: help deps qemu qemu-asan driver image demo shell lint unit-test device-test \
-	device-test-asan vm-test test bench \
+	device-test-asan vm-test examples test bench \
 	clean distclean

@@ -33,7 +33,7 @@ def get_knob(vm: VM, name: str, device: int = 0) -> Any:
 
 
 @contextmanager
-def device_faults(vm: VM, device: int = 0, **knobs: int | bool) -> Iterator[None]:
+def device_faults(vm: VM, device: int = 0, /, **knobs: Any) -> Iterator[None]:
     """Set knobs for the duration of a block, then restore what they were
     (unless the block unplugged the device)."""
     path = dmagate_paths(vm)[device]

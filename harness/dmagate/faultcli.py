@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -55,6 +56,8 @@ def cmd_show(faults: DeviceFaults, args: argparse.Namespace) -> int:
 
 
 def cmd_wait(faults: DeviceFaults, args: argparse.Namespace) -> int:
+    # Connected: from here no event is missed (scripts may wait for this line).
+    print(f"dmagate fault wait: listening on {faults.path}", file=sys.stderr, flush=True)
     try:
         events = faults.wait(args.fault, timeout=args.timeout, count=args.count)
     except TimeoutError as err:

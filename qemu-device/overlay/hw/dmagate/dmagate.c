@@ -1949,8 +1949,9 @@ static void dmagate_set_u64(Object *obj, Visitor *v, const char *name,
         /* A changed timing applies to what is still to come. */
         qemu_bh_schedule(s->bh);
     }
-    if (DEVICE(obj)->realized) {
-        timer_del(s->storm_timer);   /* a new gap starts from now */
+    if (prop->offset == offsetof(DmagateState, storm_ns) &&
+        DEVICE(obj)->realized) {
+        timer_del(s->storm_timer);   /* the new gap starts from now */
         dmagate_storm_update(s);
     }
 }
