@@ -35,6 +35,7 @@ class Prop:
 ROGUE_COUNTS = ("late-write", "stray-write", "delayed-irq", "out-of-order", "wrong-tag")
 IGNORE_RESET = ("none", "soft", "flr", "both")
 MIN_STORM_NS = 1000
+STORM_FLOOR_NS = 100_000  # the densest storm the fuzz keeps running
 PROPS = (
     Prop("latency-ns", MAX_DELAY_NS, "timing"),
     Prop("bandwidth-mbps", MAX_BANDWIDTH_MBPS, "timing"),
@@ -131,9 +132,13 @@ class Properties:
         elif prop.kind == "mode":
             self.set(prop.name, rng.choice([*IGNORE_RESET, "", "soft|flr", 3]), exact=exact)
         else:
-            self.set(prop.name, rng.choice([*extremes(prop.maximum),
-                                            rng.randrange(prop.maximum + 1),
-                                            prop.minimum, prop.minimum - 1]), exact=exact)
+            value = rng.choice([*extremes(prop.maximum), rng.randrange(prop.maximum + 1),
+                                prop.minimum, prop.minimum - 1])
+            if self.set(prop.name, value, exact=exact) and prop.minimum and \
+                    0 < value < STORM_FLOOR_NS:
+                # Range checked; a microsecond storm through 100 ms clock
+                # steps would only make the run slow.
+                self.set(prop.name, STORM_FLOOR_NS, exact=exact)
 
     def clear_rogue(self) -> None:
         """Every rogue fault and rule off (the device is there)."""
