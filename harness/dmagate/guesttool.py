@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dmagate.vm import VM
 
+DRIVER_TIMEOUT_MS = "/sys/module/dmagate/parameters/timeout_ms"
 STAT_NAMES = ("submits", "completions", "errors", "timeouts", "revocations", "faults", "sigbus")
 
 # Exit statuses of dmagatectl.
@@ -105,3 +108,21 @@ def driver_stats(vm: VM, device: int = 0) -> dict[str, int]:
 
 def stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {name: after[name] - before[name] for name in before}
+
+
+@contextmanager
+def driver_timeout(vm: VM, ms: int) -> Iterator[None]:
+    """The driver's watchdog (its timeout_ms parameter) at ``ms`` for a block."""
+    before = vm.run(f"cat {DRIVER_TIMEOUT_MS}", check=True).stdout.strip()
+    vm.run(f"echo {ms} > {DRIVER_TIMEOUT_MS}", check=True)
+    try:
+        yield
+    finally:
+        if vm.is_running():
+            vm.run(f"echo {before} > {DRIVER_TIMEOUT_MS}", check=True)
+
+
+def assert_still_works(vm: VM) -> None:
+    """A verified TRANSFORM: the driver and device work (after a fault)."""
+    run = dmagatectl(vm, "xfer transform -s 256K")
+    assert run.status == EXIT_OK, run.describe()

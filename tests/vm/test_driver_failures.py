@@ -14,8 +14,10 @@ from dmagate.guesttool import (
     EXIT_MISMATCH,
     EXIT_OK,
     EXIT_XFER_ERROR,
+    assert_still_works,
     dmagatectl,
     driver_stats,
+    driver_timeout,
     stats_delta,
 )
 from dmagate.hwregs import HW
@@ -27,18 +29,8 @@ WATCHDOG_MS = 1000
 
 @pytest.fixture
 def short_watchdog(vm: VM) -> Iterator[VM]:
-    param = "/sys/module/dmagate/parameters/timeout_ms"
-    before = vm.run(f"cat {param}", check=True).stdout.strip()
-    vm.run(f"echo {WATCHDOG_MS} > {param}", check=True)
-    try:
+    with driver_timeout(vm, WATCHDOG_MS):
         yield vm
-    finally:
-        vm.run(f"echo {before} > {param}", check=True)
-
-
-def still_works(vm: VM) -> None:
-    run = dmagatectl(vm, "xfer transform -s 256K")
-    assert run.status == EXIT_OK, run.describe()
 
 
 def test_dma_error_completes_with_eio_and_regrants(vm: VM) -> None:
@@ -52,7 +44,7 @@ def test_dma_error_completes_with_eio_and_regrants(vm: VM) -> None:
     assert run["after"] == "ok", "pages of a failed transfer are given back"
     assert set(run["revents"].split("|")) == {"IN", "ERR"}
     assert stats_delta(before, driver_stats(vm))["errors"] == 1
-    still_works(vm)
+    assert_still_works(vm)
 
 
 def test_partial_transfer_reports_the_truth(vm: VM) -> None:
@@ -61,7 +53,7 @@ def test_partial_transfer_reports_the_truth(vm: VM) -> None:
     assert run.status == EXIT_XFER_ERROR, run.describe()
     assert int(run["error"]) == -EIO and int(run["status"]) == HW["ST_SHORT"]
     assert run["bytes"] == str(32 * 1024)
-    still_works(vm)
+    assert_still_works(vm)
 
 
 def test_corrupt_data_is_caught_by_independent_verification(vm: VM) -> None:
@@ -70,7 +62,7 @@ def test_corrupt_data_is_caught_by_independent_verification(vm: VM) -> None:
     # The device claims success; only the tool's own reference sees the damage.
     assert run.status == EXIT_MISMATCH, run.describe()
     assert (run["error"], run["verified"], run["bad_offset"]) == ("0", "no", "0x0")
-    still_works(vm)
+    assert_still_works(vm)
 
 
 @pytest.mark.parametrize("knob", ["fault-drop-irq", "fault-stall"])
@@ -87,19 +79,19 @@ def test_watchdog_resets_the_device_then_regrants(short_watchdog: VM, knob: str)
     assert (delta["timeouts"], delta["errors"], delta["completions"]) == (1, 1, 1)
     log = vm.run("dmesg | tail -n 20", check=True).stdout
     assert "transfer timed out: resetting the device" in log
-    still_works(vm)
+    assert_still_works(vm)
 
 
 def test_spurious_interrupts_change_nothing(vm: VM) -> None:
     before = driver_stats(vm)
     with device_faults(vm, **{"fault-spurious-irq": 5}):
-        still_works(vm)
+        assert_still_works(vm)
     delta = stats_delta(before, driver_stats(vm))
     assert (delta["completions"], delta["errors"]) == (1, 0)
 
 
 def test_duplicate_completion_is_ignored(vm: VM) -> None:
     with device_faults(vm, **{"fault-duplicate-completion": 1}):
-        still_works(vm)
+        assert_still_works(vm)
     assert "ignoring a completion for tag" in vm.run("dmesg | tail -n 5", check=True).stdout
-    still_works(vm)
+    assert_still_works(vm)

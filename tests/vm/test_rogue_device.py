@@ -14,35 +14,26 @@ from collections.abc import Iterator
 import pytest
 
 from dmagate.devicefaults import device_faults
-from dmagate.guesttool import EXIT_OK, EXIT_XFER_ERROR, dmagatectl
+from dmagate.guesttool import (
+    EXIT_OK,
+    EXIT_XFER_ERROR,
+    assert_still_works,
+    dmagatectl,
+    driver_timeout,
+)
 from dmagate.vm import VM
 
 pytestmark = pytest.mark.vm
 
 ETIMEDOUT = 110
 WATCHDOG_MS = 1000
-PARAM = "/sys/module/dmagate/parameters/timeout_ms"
 ISSUE_11 = "issue 11: the driver does not survive this rogue device yet"
-
-
-def watchdog(vm: VM, ms: int) -> str:
-    before = vm.run(f"cat {PARAM}", check=True).stdout.strip()
-    vm.run(f"echo {ms} > {PARAM}", check=True)
-    return before
 
 
 @pytest.fixture
 def short_watchdog(vm: VM) -> Iterator[VM]:
-    before = watchdog(vm, WATCHDOG_MS)
-    try:
+    with driver_timeout(vm, WATCHDOG_MS):
         yield vm
-    finally:
-        vm.run(f"echo {before} > {PARAM}", check=True)
-
-
-def still_works(vm: VM) -> None:
-    run = dmagatectl(vm, "xfer transform -s 256K")
-    assert run.status == EXIT_OK, run.describe()
 
 
 def interrupts(vm: VM) -> int:
@@ -61,7 +52,7 @@ def test_delayed_interrupt_inside_the_watchdog_completes(vm: VM) -> None:
         run = dmagatectl(vm, "xfer fill -s 256K")
     assert run.status == EXIT_OK, run.describe()
     assert run["verified"] == "yes"
-    still_works(vm)
+    assert_still_works(vm)
 
 
 def test_delayed_interrupt_past_the_watchdog_fails_cleanly(short_watchdog: VM) -> None:
@@ -73,7 +64,7 @@ def test_delayed_interrupt_past_the_watchdog_fails_cleanly(short_watchdog: VM) -
         assert run.status in (EXIT_OK, EXIT_XFER_ERROR), run.describe()
         if run.status == EXIT_XFER_ERROR:
             assert int(run["error"]) == -ETIMEDOUT
-    still_works(vm)
+    assert_still_works(vm)
 
 
 def test_interrupt_storm_does_not_stop_transfers(vm: VM) -> None:
@@ -85,7 +76,7 @@ def test_interrupt_storm_does_not_stop_transfers(vm: VM) -> None:
     assert during - before > 100, "no storm reached the guest"
     settled = interrupts(vm)
     assert interrupts(vm) - settled < 5, "the storm outlived its fault"
-    still_works(vm)
+    assert_still_works(vm)
 
 
 def test_wrong_tag_fails_that_transfer_and_only_it(short_watchdog: VM) -> None:
@@ -96,7 +87,7 @@ def test_wrong_tag_fails_that_transfer_and_only_it(short_watchdog: VM) -> None:
     # transfer ends at the watchdog; the others complete.
     errors = [int(line["error"]) for line in run.lines if "seq" in line]
     assert sorted(errors) == [-ETIMEDOUT, 0, 0], run.describe()
-    still_works(vm)
+    assert_still_works(vm)
 
 
 # -- promises today's driver does not keep (issue 11) ---------------------------------------
@@ -131,8 +122,8 @@ def test_out_of_order_completions_both_complete(short_watchdog: VM) -> None:
 
 @pytest.mark.xfail(strict=True, reason=ISSUE_11 + " (waiters sleep once a reset fails)")
 def test_ignored_reset_gives_the_waiter_an_error(fresh_vm: VM) -> None:
-    watchdog(fresh_vm, WATCHDOG_MS)
-    with device_faults(fresh_vm, **{"fault-ignore-reset": "both", "fault-stall": 1}):
+    with driver_timeout(fresh_vm, WATCHDOG_MS), \
+            device_faults(fresh_vm, **{"fault-ignore-reset": "both", "fault-stall": 1}):
         run = dmagatectl(fresh_vm, "touch fill -s 64K --touch read -t 8000")
         assert "signal=SIGBUS" in run.stdout, "the program touched a page the device owns"
         assert "wait=timeout" not in run.stdout, "the waiter was never told"
@@ -141,8 +132,8 @@ def test_ignored_reset_gives_the_waiter_an_error(fresh_vm: VM) -> None:
 
 @pytest.mark.xfail(strict=True, reason=ISSUE_11 + " (all ones taken for a working device)")
 def test_dead_device_behaves_as_removed(fresh_vm: VM) -> None:
-    watchdog(fresh_vm, WATCHDOG_MS)
-    with device_faults(fresh_vm, **{"latency-ns": 3_000_000_000}):
+    with driver_timeout(fresh_vm, WATCHDOG_MS), \
+            device_faults(fresh_vm, **{"latency-ns": 3_000_000_000}):
         # In flight (3 s of latency) when the device goes dead.
         fresh_vm.run("setsid dmagatectl xfer fill -s 64K -t 8000 > /tmp/xfer.out 2>&1 "
                      "< /dev/null & sleep 0.5", check=True)
