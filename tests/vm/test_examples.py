@@ -2,21 +2,24 @@
 --no-console` in the background, then the script against the QMP socket
 for scripts it printed. Each example gets a fresh VM (some leave the
 device dead on purpose); the test fails if the script fails, or if that
-VM's kernel splatted while it ran."""
+VM's kernel splatted while it ran. And `dmagate fault` with no --qmp finds
+the VM that `dmagate boot` runs."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from dmagate.guesttool import EXIT_XFER_ERROR
 from dmagate.process import die_with_parent, kill_group
 from dmagate.pytest_plugin import Bench
 from dmagate.splat import find_splats, format_splats
@@ -58,8 +61,7 @@ def booted(bench: Bench, log: Path) -> Iterator[tuple[str, Path]]:
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
-def test_example(dmagate_bench: Bench, script: Path, tmp_path: Path,
-                 record_property: Callable[[str, object], None]) -> None:
+def test_example(dmagate_bench: Bench, script: Path, tmp_path: Path) -> None:
     with booted(dmagate_bench, tmp_path / "boot.log") as (socket, workdir):
         started = time.monotonic()
         run = subprocess.run([sys.executable, str(script), socket], cwd=dmagate_bench.paths.root,
@@ -67,8 +69,23 @@ def test_example(dmagate_bench: Bench, script: Path, tmp_path: Path,
                              check=False)
         wall = time.monotonic() - started
         console = (workdir / "console.log").read_text(errors="replace")
-    record_property("wall_s", round(wall, 1))
     print(f"{script.name}: {wall:.1f} s\n{run.stdout}")
     assert run.returncode == 0, f"{script.name} failed:\n{run.stdout}{run.stderr}"
     splats = find_splats(console)
     assert not splats, f"the guest kernel splatted during {script.name}:\n{format_splats(splats)}"
+
+
+def test_fault_cli_reaches_the_booted_vm(dmagate_bench: Bench, tmp_path: Path) -> None:
+    """`dmagate fault` with no --qmp finds the VM `dmagate boot` runs."""
+    def dmagate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dmagate.cli", *args],
+                              cwd=dmagate_bench.paths.root, capture_output=True, text=True,
+                              timeout=dmagate_bench.scale(60), check=False)
+
+    with booted(dmagate_bench, tmp_path / "boot.log"):
+        assert dmagate("fault", "set", "dma-error").returncode == 0
+        xfer = dmagate("ssh", "--", "dmagatectl", "xfer", "fill", "-s", "64K")
+        shown = json.loads(dmagate("fault", "show", "--json").stdout)
+    assert xfer.returncode == EXIT_XFER_ERROR, xfer.stdout + xfer.stderr
+    assert "error=-5" in xfer.stdout
+    assert shown["stat-faults"] == 1 and "dma-error" not in shown["armed"]

@@ -56,6 +56,7 @@
 #include <zlib.h>
 
 #include "dmagate_hw.h"
+#include "dmagate-dmalog.h"
 #include "dmagate-faults.h"
 #include "trace.h"
 
@@ -253,6 +254,9 @@ typedef struct DmagateState {
     uint64_t storm_ns;
     uint8_t ignore_reset;   /* DMAGATE_IGNORE_* */
     bool dead;
+
+    /* Every bus access the device made (dmagate-dmalog.h): diagnostics */
+    DmagateDmaLog dmalog;
 } DmagateState;
 
 /* The engine's allowance for one bottom half. */
@@ -347,6 +351,14 @@ static bool dmagate_fault_fires(DmagateState *s, int fault)
     return fires;
 }
 
+/* One access on the bus into the DMA log, for SQ index @index. */
+static void dmagate_logged(DmagateState *s, DmagateDmaKind kind, uint64_t addr,
+                           uint64_t len, unsigned dir, bool ok, uint32_t index)
+{
+    dmagate_dmalog_add(&s->dmalog, kind, addr, MIN(len, UINT32_MAX), dir, ok,
+                       index, dmagate_now());
+}
+
 static bool dmagate_bus_master(DmagateState *s)
 {
     return pci_get_word(PCI_DEVICE(s)->config + PCI_COMMAND) &
@@ -401,12 +413,18 @@ static void dmagate_message(DmagateState *s, uint32_t cause)
         if (!msix_is_masked(pdev, vector) && dmagate_bus_master(s)) {
             s->stats[STAT_INTERRUPTS]++;
             trace_dmagate_irq(cause, "msix");
+            dmagate_logged(s, DMALOG_INTERRUPT,
+                           msix_get_message(pdev, vector).address, 4,
+                           DMALOG_WRITE, true, DMALOG_NO_INDEX);
         }
         msix_notify(pdev, vector);  /* a masked vector goes to the PBA */
     } else if (msi_enabled(pdev)) {
         if (dmagate_bus_master(s)) {
             s->stats[STAT_INTERRUPTS]++;
             trace_dmagate_irq(cause, "msi");
+            dmagate_logged(s, DMALOG_INTERRUPT,
+                           msi_get_message(pdev, 0).address, 4, DMALOG_WRITE,
+                           true, DMALOG_NO_INDEX);
         }
         msi_notify(pdev, 0);
     }
@@ -615,17 +633,22 @@ static DmagateMove dmagate_move(DmagateState *s, uint64_t addr,
     bool writes = s->opcode != DMAGATE_OP_CHECKSUM;
     DMADirection dir = writes ? DMA_DIRECTION_FROM_DEVICE
                               : DMA_DIRECTION_TO_DEVICE;
+    unsigned logdir = (reads ? DMALOG_READ : 0) | (writes ? DMALOG_WRITE : 0);
     dma_addr_t mapped;
     uint8_t *p;
 
     switch (dmagate_lookup(s, addr, len, reads, writes)) {
     case TARGET_SELF:
+        dmagate_logged(s, DMALOG_DATA, addr, *len, logdir, false, s->index);
         return dmagate_fail(s, "DMA aimed at the device's own BAR", addr);
     case TARGET_NONE:
+        dmagate_logged(s, DMALOG_DATA, addr, *len, logdir, false, s->index);
         return dmagate_fail(s, "DMA to or from the SG list failed", addr);
     case TARGET_RAM:
         mapped = *len;
         p = pci_dma_map(pdev, addr, &mapped, dir);
+        dmagate_logged(s, DMALOG_DATA, addr, p ? mapped : *len, logdir, p,
+                       s->index);
         if (!p || !mapped) {
             return dmagate_fail(s, "DMA to or from the SG list failed", addr);
         }
@@ -645,8 +668,11 @@ static DmagateMove dmagate_move(DmagateState *s, uint64_t addr,
 
     /* Device memory: accesses may have side effects, even on ourselves. */
     if (reads) {
-        MemTxResult res = pci_dma_read(pdev, addr, s->bounce, *len);
+        MemTxResult res;
 
+        dmagate_logged(s, DMALOG_DATA, addr, *len, DMALOG_READ, true,
+                       s->index);
+        res = pci_dma_read(pdev, addr, s->bounce, *len);
         if (dmagate_lost(s, epoch)) {
             return MOVE_LOST;
         }
@@ -664,6 +690,8 @@ static DmagateMove dmagate_move(DmagateState *s, uint64_t addr,
         MemTxResult res;
 
         dmagate_compute(s, s->bounce, *len);
+        dmagate_logged(s, DMALOG_DATA, addr, *len, DMALOG_WRITE, true,
+                       s->index);
         res = pci_dma_write(pdev, addr, s->bounce, *len);
         if (dmagate_lost(s, epoch)) {
             return MOVE_LOST;
@@ -758,7 +786,11 @@ static int dmagate_check_desc(DmagateState *s, const uint8_t *desc,
 
     for (uint32_t i = 0; i < s->sg_count && covered < s->length; i++) {
         uint64_t entry = list + (uint64_t)i * DMAGATE_SG_SIZE;
-        MemTxResult res = pci_dma_read(pdev, entry, raw, sizeof(raw));
+        MemTxResult res;
+
+        dmagate_logged(s, DMALOG_SG_LIST, entry, sizeof(raw), DMALOG_READ, true,
+                       s->index);
+        res = pci_dma_read(pdev, entry, raw, sizeof(raw));
 
         if (dmagate_lost(s, epoch)) {
             return -1;
@@ -827,8 +859,12 @@ static bool dmagate_fetch(DmagateState *s, DmagateBudget *budget,
 {
     uint8_t desc[DMAGATE_DESC_SIZE];
     uint64_t addr = s->sq_base + (uint64_t)s->sq_head * DMAGATE_DESC_SIZE;
-    MemTxResult res = pci_dma_read(PCI_DEVICE(s), addr, desc, sizeof(desc));
+    MemTxResult res;
     int check;
+
+    dmagate_logged(s, DMALOG_DESCRIPTOR, addr, sizeof(desc), DMALOG_READ, true,
+                   s->sq_head);
+    res = pci_dma_read(PCI_DEVICE(s), addr, desc, sizeof(desc));
 
     if (dmagate_lost(s, epoch)) {
         return false;
@@ -910,6 +946,8 @@ static bool dmagate_post(DmagateState *s, uint8_t *rec, uint32_t epoch)
     MemTxResult res;
 
     stw_le_p(rec + DMAGATE_CPL_FLAGS, s->cq_phase ? DMAGATE_CPL_F_PHASE : 0);
+    dmagate_logged(s, DMALOG_COMPLETION, addr, DMAGATE_CPL_SIZE, DMALOG_WRITE,
+                   true, ldl_le_p(rec + DMAGATE_CPL_SQ_INDEX));
     res = pci_dma_write(PCI_DEVICE(s), addr, rec, DMAGATE_CPL_SIZE);
     if (dmagate_lost(s, epoch)) {
         return false;
@@ -1094,6 +1132,9 @@ static void dmagate_stray_write(DmagateState *s)
         return;
     }
     p = pci_dma_map(pdev, addr, &mapped, DMA_DIRECTION_FROM_DEVICE);
+    dmagate_logged(s, DMALOG_DATA, addr, mapped, DMALOG_WRITE |
+                   (s->opcode == DMAGATE_OP_TRANSFORM ? DMALOG_READ : 0), p,
+                   s->index);
     if (!p) {
         return;
     }
@@ -1810,6 +1851,7 @@ static void dmagate_realize(PCIDevice *pdev, Error **errp)
         s->timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, dmagate_timer_cb, s);
         s->storm_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, dmagate_storm_cb,
                                       s);
+        dmagate_dmalog_init(&s->dmalog);
     }
     s->unrealized = false;
     s->vm_state = qemu_add_vm_change_state_handler(dmagate_vm_state_change, s);
@@ -1855,6 +1897,7 @@ static void dmagate_instance_finalize(Object *obj)
         qemu_bh_delete(s->bh);
     }
     g_free(s->bounce);
+    dmagate_dmalog_free(&s->dmalog);
 }
 
 /* QOM properties: configuration and fault knobs, settable at runtime. */
@@ -2065,6 +2108,21 @@ static void dmagate_set_dead(Object *obj, bool value, Error **errp)
     dmagate_storm_update(s);
     dmagate_update_intx(s);
     qemu_bh_schedule(s->bh);
+}
+
+static void dmagate_get_dma_log(Object *obj, Visitor *v, const char *name,
+                                void *opaque, Error **errp)
+{
+    dmagate_dmalog_visit(&DMAGATE(obj)->dmalog, v, name, errp);
+}
+
+static void dmagate_get_dma_log_lost(Object *obj, Visitor *v,
+                                     const char *name, void *opaque,
+                                     Error **errp)
+{
+    uint64_t lost = dmagate_dmalog_lost(&DMAGATE(obj)->dmalog);
+
+    visit_type_uint64(v, name, &lost, errp);
 }
 
 static bool dmagate_get_zero_delay(Object *obj, Error **errp)
@@ -2423,6 +2481,15 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
                                    dmagate_set_dead);
     object_class_property_set_description(oc, "fault-dead",
         "answer nothing (all ones), no DMA, no interrupts");
+    object_class_property_add(oc, "dma-log", "DmagateDmaAccessList",
+                              dmagate_get_dma_log, NULL, NULL, NULL);
+    object_class_property_set_description(oc, "dma-log",
+        "the device's last 8192 bus accesses: seq, kind, dir, addr, len, ok, "
+        "time-ns, sq-index");
+    object_class_property_add(oc, "dma-log-lost", "uint64",
+                              dmagate_get_dma_log_lost, NULL, NULL, NULL);
+    object_class_property_set_description(oc, "dma-log-lost",
+        "accesses the dma-log ring has overwritten");
     for (int i = 0; i < STAT_COUNT; i++) {
         object_class_property_add(oc, stat_names[i], "uint64",
                                   dmagate_get_stat, NULL, NULL,
