@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from dmagate.faultctl import QOM_CONTAINERS
 from dmagate.vm import VM
-
-QOM_CONTAINERS = ("/machine/peripheral", "/machine/peripheral-anon")
 
 
 def dmagate_paths(vm: VM, missing_ok: bool = False) -> list[str]:
