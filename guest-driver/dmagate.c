@@ -22,6 +22,8 @@
  *   sess->lock          mutex: the session's buffer, sess->inflight,
  *                       sess->done, sess->gone, sess->next_seq
  *   dev->hw_lock        mutex: registers, rings, dev->posted, dev->hw_dead
+ *   dev->time_lock      spinlock: the TIME register's LO/HI latch
+ *   dmagate_wedged_lock mutex: dmagate_wedged (innermost, taken alone)
  *
  * Order: mmap_lock (or the VMA lock; held by the core around a fault)
  *   -> dev->sessions_lock -> sess->lock -> dev->hw_lock
@@ -37,6 +39,17 @@
  * only once the device has reported it, or a reset has confirmed that the
  * device stopped; a session's buffer is freed only when none of its
  * transfers is in flight.
+ *
+ * A device that a reset does not stop is "wedged": it may write anything
+ * it was given, for good.  Its transfers' pages stay revoked, its buffers,
+ * rings and SG lists are never freed, and the module stays loaded (the
+ * session inodes live on its filesystem).  Waiters get EIO.  Wedged
+ * devices stay on dmagate_wedged: what they hold is leaked on purpose, and
+ * stays reachable (kmemleak does not report it).
+ *
+ * Every ownership change, and every range of memory handed to the device
+ * to address, is a trace event (dmagate_trace.h) stamped with the device's
+ * clock, so that a test can check the device's own DMA log against it.
  */
 
 #include <linux/dma-mapping.h>
@@ -52,13 +65,19 @@
 #include <linux/pci.h>
 #include <linux/poll.h>
 #include <linux/pseudo_fs.h>
+#include <linux/random.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
+#include <linux/trace.h>
+#include <linux/trace_events.h>
 #include <linux/uaccess.h>
 #include <linux/workqueue.h>
 
 #include "dmagate_hw.h"
 #include "uapi/dmagate.h"
+
+#define CREATE_TRACE_POINTS
+#include "dmagate_trace.h"
 
 #define DRV_NAME		"dmagate"
 #define DMAGATE_FS_MAGIC	0x444d4147	/* "DMAG" */
@@ -70,6 +89,14 @@
 #define DMAGATE_SGL_BYTES	(DMAGATE_MAX_SEGMENTS * DMAGATE_SG_SIZE)
 /* Buffers are made of chunks of up to 64 KiB: few SG entries, easy pages. */
 #define DMAGATE_CHUNK_ORDER	4
+/* Pages one fault maps at most (2 MiB): bounded time under sess->lock. */
+#define DMAGATE_FAULT_PAGES	512
+/*
+ * The watchdog's limit.  close() waits uninterruptibly for the device, for
+ * up to about this long: well inside the hung-task detector's 120 s.
+ */
+#define DMAGATE_MAX_TIMEOUT_MS	60000
+#define DMAGATE_TRACE_INSTANCE	"dmagate"
 
 #ifndef PCI_IRQ_INTX
 #define PCI_IRQ_INTX		PCI_IRQ_LEGACY
@@ -79,16 +106,51 @@ static unsigned long max_buffer = 64UL << 20;
 module_param(max_buffer, ulong, 0444);
 MODULE_PARM_DESC(max_buffer, "largest buffer of one session, bytes (64 MiB .. 256 MiB)");
 
+static int dmagate_set_timeout(const char *val, const struct kernel_param *kp)
+{
+	unsigned int ms;
+	int ret;
+
+	ret = kstrtouint(val, 0, &ms);
+	if (ret)
+		return ret;
+	if (!ms || ms > DMAGATE_MAX_TIMEOUT_MS)
+		return -EINVAL;
+	*(unsigned int *)kp->arg = ms;
+	return 0;
+}
+
+static const struct kernel_param_ops dmagate_timeout_ops = {
+	.set = dmagate_set_timeout,
+	.get = param_get_uint,
+};
+
 static unsigned int timeout_ms = 5000;
-module_param(timeout_ms, uint, 0644);
-MODULE_PARM_DESC(timeout_ms, "watchdog: reset the device when a transfer takes longer (ms)");
+module_param_cb(timeout_ms, &dmagate_timeout_ops, &timeout_ms, 0644);
+MODULE_PARM_DESC(timeout_ms, "watchdog: reset the device when a transfer takes longer (1 .. 60000 ms)");
 
 static char *irq_mode = "auto";
 module_param(irq_mode, charp, 0444);
 MODULE_PARM_DESC(irq_mode, "interrupts to use: auto (MSI-X, MSI, INTx), msix, msi or intx");
 
+static char *dma_map = "session";
+module_param(dma_map, charp, 0444);
+MODULE_PARM_DESC(dma_map, "session (map a buffer once) or transfer (map at SUBMIT, unmap at completion)");
+
+static bool ownership_trace = true;
+module_param(ownership_trace, bool, 0444);
+MODULE_PARM_DESC(ownership_trace, "record ownership in the trace instance " DMAGATE_TRACE_INSTANCE);
+
 static struct vfsmount *dmagate_mnt;
 static DEFINE_IDA(dmagate_ida);
+static struct workqueue_struct *dmagate_wq;
+static struct trace_array *dmagate_trace;
+static bool dmagate_map_per_xfer;
+static u32 dmagate_epoch;
+static atomic64_t dmagate_trace_seq = ATOMIC64_INIT(0);
+static atomic_t dmagate_session_ids = ATOMIC_INIT(0);
+static LIST_HEAD(dmagate_wedged);
+static DEFINE_MUTEX(dmagate_wedged_lock);
 
 struct dmagate_stats {
 	atomic64_t submits;
@@ -119,6 +181,10 @@ struct dmagate_dev {
 	bool hw_dead;			/* no register or ring access any more */
 	bool halted;			/* the device reported a ring error */
 	bool wedged;			/* a reset did not stop it: never free */
+	bool failed;			/* it stopped working: waiters get EIO */
+	spinlock_t time_lock;		/* see "Locking" above */
+	struct list_head wedged_node;	/* on dmagate_wedged */
+	struct work_struct remove_work;	/* the device fell off the bus */
 	void *sq;
 	dma_addr_t sq_dma;
 	void *cq;
@@ -146,6 +212,7 @@ struct dmagate_session {
 	atomic_t events;		/* bumped on every completion and on removal */
 	atomic_t ninflight;		/* entries on inflight, for lockless waits */
 	bool gone;
+	u32 id;				/* names the session in the trace */
 
 	struct page **chunks;
 	dma_addr_t *chunk_dma;
@@ -160,11 +227,20 @@ struct dmagate_session {
 	struct list_head done;		/* finished, record not read yet */
 };
 
+/* With dma_map=transfer: one DMA mapping of the transfer's, in a chunk. */
+struct dmagate_xfer_map {
+	dma_addr_t addr;
+	unsigned int idx;
+	u32 len;
+	u64 in;
+};
+
 struct dmagate_xfer {
 	struct list_head node;		/* on sess->inflight, then sess->done */
 	struct list_head posted;	/* on dev->posted, then a local list */
 	struct dmagate_session *sess;
 	u32 tag;
+	u32 slot;			/* its SQ slot */
 	u32 op;
 	enum dma_data_direction dir;
 	u64 offset;
@@ -172,6 +248,8 @@ struct dmagate_xfer {
 	pgoff_t first;			/* pages [first, last) are revoked */
 	pgoff_t last;
 	unsigned long deadline;
+	struct dmagate_xfer_map *maps;	/* dma_map=transfer only */
+	unsigned int nmaps;
 	struct dmagate_completion rec;
 };
 
@@ -193,6 +271,57 @@ static void dmagate_dev_put(struct dmagate_dev *dev)
 static struct device *dmagate_dma_dev(struct dmagate_dev *dev)
 {
 	return &dev->pdev->dev;
+}
+
+/* ---- The ownership record (dmagate_trace.h) ---------------------------- */
+
+/*
+ * The device's clock: reading TIME_LO latches TIME_HI (docs/device.md).
+ * All ones once the device is off the bus.  Only called while bound.
+ */
+static u64 dmagate_device_time(struct dmagate_dev *dev)
+{
+	unsigned long flags;
+	u32 lo, hi;
+
+	spin_lock_irqsave(&dev->time_lock, flags);
+	lo = readl(dev->regs + DMAGATE_REG_TIME_LO);
+	hi = readl(dev->regs + DMAGATE_REG_TIME_HI);
+	spin_unlock_irqrestore(&dev->time_lock, flags);
+	return (u64)hi << 32 | lo;
+}
+
+static u64 dmagate_trace_next(void)
+{
+	return atomic64_inc_return(&dmagate_trace_seq);
+}
+
+/* The device may address [bus, bus + len) from now on (@map) or no more. */
+static void dmagate_trace_region(struct dmagate_dev *dev, bool map, const char *what,
+				 u32 sess, u64 xfer, u64 offset, dma_addr_t bus, u64 len)
+{
+	const char *name = dev_name(&dev->pdev->dev);
+
+	if (map && trace_dmagate_dma_map_enabled())
+		trace_dmagate_dma_map(dmagate_epoch, dmagate_trace_next(), name, what,
+				      sess, xfer, offset, bus, len, dmagate_device_time(dev));
+	else if (!map && trace_dmagate_dma_unmap_enabled())
+		trace_dmagate_dma_unmap(dmagate_epoch, dmagate_trace_next(), name, what,
+					sess, xfer, offset, bus, len, dmagate_device_time(dev));
+}
+
+/* The transfer's pages go to the device, or back to the program. */
+static void dmagate_trace_owner(struct dmagate_xfer *xfer, bool to_device)
+{
+	struct dmagate_session *sess = xfer->sess;
+	struct dmagate_dev *dev = sess->dev;
+
+	if (trace_dmagate_owner_enabled())
+		trace_dmagate_owner(dmagate_epoch, dmagate_trace_next(),
+				    dev_name(&dev->pdev->dev), sess->id, xfer->rec.seq,
+				    (u64)xfer->first << PAGE_SHIFT,
+				    (u64)(xfer->last - xfer->first) << PAGE_SHIFT,
+				    to_device, dmagate_device_time(dev));
 }
 
 /* The file is closed and no transfer holds the buffer any more. */
@@ -258,6 +387,33 @@ static int dmagate_hw_reset(struct dmagate_dev *dev)
 	if (!ret && status == U32_MAX && pci_device_is_present(dev->pdev))
 		ret = -EIO;	/* there, but not answering: not proof it stopped */
 	return ret;
+}
+
+/* All ones from BAR0 and from config space: it fell off the bus. */
+static bool dmagate_hw_gone(struct dmagate_dev *dev)
+{
+	return readl(dev->regs + DMAGATE_REG_STATUS) == U32_MAX &&
+	       !pci_device_is_present(dev->pdev);
+}
+
+/*
+ * A reset did not stop the device: it may write whatever it was given, for
+ * good.  Nothing it was given is freed, and the module stays (the leaked
+ * sessions' inodes live on its filesystem).  hw_lock held.
+ */
+static void dmagate_mark_wedged(struct dmagate_dev *dev)
+{
+	lockdep_assert_held(&dev->hw_lock);
+	dev->hw_dead = true;
+	if (dev->wedged)
+		return;
+	__module_get(THIS_MODULE);
+	kref_get(&dev->ref);
+	mutex_lock(&dmagate_wedged_lock);
+	list_add_tail(&dev->wedged_node, &dmagate_wedged);
+	mutex_unlock(&dmagate_wedged_lock);
+	WRITE_ONCE(dev->failed, true);
+	WRITE_ONCE(dev->wedged, true);
 }
 
 /* Program the rings and enable; the device must be reset. hw_lock held. */
@@ -339,6 +495,15 @@ static void dmagate_sync(struct dmagate_xfer *xfer, bool for_device)
 	}
 }
 
+/* The bus address of the transfer's @i-th span. */
+static dma_addr_t dmagate_span_bus(struct dmagate_xfer *xfer, unsigned int i,
+				   const struct dmagate_span *span)
+{
+	if (xfer->maps)
+		return xfer->maps[i].addr;
+	return xfer->sess->chunk_dma[span->idx] + span->in;
+}
+
 /* Write the transfer's SG list into @sgl; returns the entry count. */
 static u32 dmagate_build_sgl(struct dmagate_xfer *xfer, void *sgl)
 {
@@ -347,10 +512,11 @@ static u32 dmagate_build_sgl(struct dmagate_xfer *xfer, void *sgl)
 	struct dmagate_span span;
 	dma_addr_t addr, next = 0;
 	void *entry = NULL;
+	unsigned int i = 0;
 	u32 count = 0;
 
 	while (dmagate_next_span(sess, &pos, end, &span)) {
-		addr = sess->chunk_dma[span.idx] + span.in;
+		addr = dmagate_span_bus(xfer, i++, &span);
 		if (entry && addr == next) {
 			/* Contiguous with the previous segment: grow it. */
 			dmagate_put_le32(entry, DMAGATE_SG_LEN,
@@ -381,6 +547,7 @@ static void dmagate_hw_post(struct dmagate_dev *dev, struct dmagate_xfer *xfer,
 	u32 count = dmagate_build_sgl(xfer, dev->sgl[slot]);
 
 	xfer->tag = dev->next_tag++;
+	xfer->slot = slot;
 	memset(desc, 0, DMAGATE_DESC_SIZE);
 	*(u8 *)(desc + DMAGATE_DESC_OPCODE) = dmagate_opcodes[xfer->op];
 	*(u8 *)(desc + DMAGATE_DESC_FLAGS) = DMAGATE_DESC_F_INTERRUPT;
@@ -405,9 +572,22 @@ static int dmagate_status_errno(u16 status)
 }
 
 /*
- * Move every completion the device has written onto @finished, in order.
- * hw_lock held.
+ * The posted transfer a completion record is for: the one in the record's
+ * SQ slot, if its tag is the record's.  Any order (a device may complete
+ * out of order); a record that names another transfer's tag is no proof
+ * that this one is done.
  */
+static struct dmagate_xfer *dmagate_posted_find(struct dmagate_dev *dev, u32 tag, u32 slot)
+{
+	struct dmagate_xfer *xfer;
+
+	list_for_each_entry(xfer, &dev->posted, posted)
+		if (xfer->slot == slot)
+			return xfer->tag == tag ? xfer : NULL;
+	return NULL;
+}
+
+/* Move every completion the device has written onto @finished. hw_lock held. */
 static void dmagate_hw_reap(struct dmagate_dev *dev, struct list_head *finished)
 {
 	struct dmagate_xfer *xfer;
@@ -417,7 +597,7 @@ static void dmagate_hw_reap(struct dmagate_dev *dev, struct list_head *finished)
 		void *cpl = dev->cq + dev->cq_head * DMAGATE_CPL_SIZE;
 		/* The device writes the ring behind our back. */
 		u16 flags = le16_to_cpu(READ_ONCE(*(__le16 *)(cpl + DMAGATE_CPL_FLAGS)));
-		u32 tag;
+		u32 tag, slot;
 		u16 status;
 
 		if (!!(flags & DMAGATE_CPL_F_PHASE) != dev->cq_phase)
@@ -425,6 +605,7 @@ static void dmagate_hw_reap(struct dmagate_dev *dev, struct list_head *finished)
 		/* Read the record only after seeing its phase flip. */
 		dma_rmb();
 		tag = dmagate_get_le32(cpl, DMAGATE_CPL_TAG);
+		slot = dmagate_get_le32(cpl, DMAGATE_CPL_SQ_INDEX);
 		status = le16_to_cpu(*(__le16 *)(cpl + DMAGATE_CPL_STATUS));
 		if (++dev->cq_head == DMAGATE_CQ_ENTRIES) {
 			dev->cq_head = 0;
@@ -432,12 +613,12 @@ static void dmagate_hw_reap(struct dmagate_dev *dev, struct list_head *finished)
 		}
 		moved = true;
 
-		xfer = list_first_entry_or_null(&dev->posted, struct dmagate_xfer, posted);
-		if (!xfer || xfer->tag != tag) {
-			/* E.g. a duplicated completion: its transfer is done. */
+		xfer = dmagate_posted_find(dev, tag, slot);
+		if (!xfer) {
+			/* A duplicate (its transfer is done) or a wrong tag. */
 			dev_warn_ratelimited(&dev->pdev->dev,
-					     "ignoring a completion for tag %u (status %u)\n",
-					     tag, status);
+					     "ignoring a completion for tag %u in slot %u (status %u)\n",
+					     tag, slot, status);
 			continue;
 		}
 		xfer->rec.device_status = status;
@@ -452,6 +633,62 @@ static void dmagate_hw_reap(struct dmagate_dev *dev, struct list_head *finished)
 		writel(dev->cq_head, dev->regs + DMAGATE_REG_CQ_HEAD);
 }
 
+/*
+ * dma_map=transfer: map the transfer's pages for the device alone, one
+ * mapping per span (no merging: a mapping ends where the transfer does).
+ * sess->lock held.
+ */
+static int dmagate_xfer_map(struct dmagate_xfer *xfer)
+{
+	struct dmagate_session *sess = xfer->sess;
+	struct device *dma_dev = dmagate_dma_dev(sess->dev);
+	u64 pos = xfer->offset, end = xfer->offset + xfer->length;
+	struct dmagate_xfer_map *map;
+	struct dmagate_span span;
+	unsigned int n = 0;
+
+	while (dmagate_next_span(sess, &pos, end, &span))
+		n++;
+	xfer->maps = kcalloc(n, sizeof(*xfer->maps), GFP_KERNEL);
+	if (!xfer->maps)
+		return -ENOMEM;
+	pos = xfer->offset;
+	while (dmagate_next_span(sess, &pos, end, &span)) {
+		map = &xfer->maps[xfer->nmaps];
+		map->idx = span.idx;
+		map->in = span.in;
+		map->len = span.len;
+		map->addr = dma_map_page(dma_dev, nth_page(sess->chunks[span.idx],
+							   span.in >> PAGE_SHIFT),
+					 offset_in_page(span.in), span.len, xfer->dir);
+		if (dma_mapping_error(dma_dev, map->addr))
+			return -ENOMEM;	/* the caller unmaps what was mapped */
+		xfer->nmaps++;
+		dmagate_trace_region(sess->dev, true, "buffer", sess->id, xfer->rec.seq,
+				     ((u64)span.idx << (PAGE_SHIFT + sess->chunk_order)) + span.in,
+				     map->addr, span.len);
+	}
+	return 0;
+}
+
+/* Undo dmagate_xfer_map(): this syncs the pages for the CPU. sess->lock held. */
+static void dmagate_xfer_unmap(struct dmagate_xfer *xfer)
+{
+	struct dmagate_session *sess = xfer->sess;
+	struct device *dma_dev = dmagate_dma_dev(sess->dev);
+	struct dmagate_xfer_map *map;
+
+	while (xfer->nmaps) {
+		map = &xfer->maps[--xfer->nmaps];
+		dma_unmap_page(dma_dev, map->addr, map->len, xfer->dir);
+		dmagate_trace_region(sess->dev, false, "buffer", sess->id, xfer->rec.seq,
+				     ((u64)map->idx << (PAGE_SHIFT + sess->chunk_order)) + map->in,
+				     map->addr, map->len);
+	}
+	kfree(xfer->maps);
+	xfer->maps = NULL;
+}
+
 /* Give a finished transfer's pages back to the program, wake waiters. */
 static void dmagate_xfer_finish(struct dmagate_xfer *xfer)
 {
@@ -460,8 +697,11 @@ static void dmagate_xfer_finish(struct dmagate_xfer *xfer)
 	int error = xfer->rec.error;
 
 	mutex_lock(&sess->lock);
-	if (sess->dma_mapped)
+	if (xfer->maps)
+		dmagate_xfer_unmap(xfer);
+	else if (sess->dma_mapped)
 		dmagate_sync(xfer, false);
+	dmagate_trace_owner(xfer, false);
 	/* From here a reader may take and free @xfer. */
 	list_move_tail(&xfer->node, &sess->done);
 	atomic_dec(&sess->ninflight);
@@ -503,10 +743,38 @@ static irqreturn_t dmagate_irq(int irq, void *data)
 	return IRQ_WAKE_THREAD;
 }
 
+/*
+ * The device fell off the bus: detach as if it had been unplugged
+ * (dmagate_remove() fails its transfers with ENODEV and hangs up on its
+ * sessions).  hw_lock held.
+ */
+static void dmagate_fell_off(struct dmagate_dev *dev)
+{
+	lockdep_assert_held(&dev->hw_lock);
+	if (dev->hw_dead)
+		return;
+	dev->hw_dead = true;
+	dev_err(&dev->pdev->dev, "device reads all ones: off the bus, detaching\n");
+	kref_get(&dev->ref);
+	if (!queue_work(dmagate_wq, &dev->remove_work))
+		dmagate_dev_put(dev);
+}
+
+static void dmagate_remove_work(struct work_struct *work)
+{
+	struct dmagate_dev *dev = container_of(work, struct dmagate_dev, remove_work);
+
+	/* Unless it was unbound (and maybe bound again) meanwhile. */
+	if (pci_get_drvdata(dev->pdev) == dev)
+		device_release_driver(&dev->pdev->dev);
+	dmagate_dev_put(dev);
+}
+
 static irqreturn_t dmagate_irq_thread(int irq, void *data)
 {
 	struct dmagate_dev *dev = data;
 	LIST_HEAD(finished);
+	u32 status;
 
 	mutex_lock(&dev->hw_lock);
 	if (dev->hw_dead) {
@@ -514,22 +782,31 @@ static irqreturn_t dmagate_irq_thread(int irq, void *data)
 		return IRQ_HANDLED;
 	}
 	dmagate_hw_reap(dev, &finished);
-	if (readl(dev->regs + DMAGATE_REG_STATUS) & DMAGATE_STATUS_HALTED)
+	status = readl(dev->regs + DMAGATE_REG_STATUS);
+	if (status == U32_MAX && dmagate_hw_gone(dev))
+		dmagate_fell_off(dev);
+	else if (status & DMAGATE_STATUS_HALTED)
 		dev->halted = true;
-	dmagate_watchdog_arm(dev);
+	if (!dev->hw_dead)
+		dmagate_watchdog_arm(dev);
 	mutex_unlock(&dev->hw_lock);
 
 	dmagate_finish_all(&finished, 0);
 	return IRQ_HANDLED;
 }
 
+/* The device failed: every waiter of every session is to look again. */
 static void dmagate_wake_sessions(struct dmagate_dev *dev)
 {
 	struct dmagate_session *sess;
 
 	mutex_lock(&dev->sessions_lock);
-	list_for_each_entry(sess, &dev->sessions, node)
-		wake_up_all(&sess->wq);
+	list_for_each_entry(sess, &dev->sessions, node) {
+		mutex_lock(&sess->lock);
+		atomic_inc(&sess->events);
+		mutex_unlock(&sess->lock);
+		wake_up_poll(&sess->wq, EPOLLERR | EPOLLHUP);
+	}
 	mutex_unlock(&dev->sessions_lock);
 }
 
@@ -544,6 +821,7 @@ static void dmagate_watchdog(struct work_struct *work)
 					       struct dmagate_dev, watchdog);
 	struct dmagate_xfer *oldest;
 	LIST_HEAD(finished);
+	bool restarted;
 	int error;
 
 	mutex_lock(&dev->hw_lock);
@@ -557,16 +835,20 @@ static void dmagate_watchdog(struct work_struct *work)
 		mutex_unlock(&dev->hw_lock);
 		return;
 	}
+	if (dmagate_hw_gone(dev)) {
+		/* No reset to wait for: it is not there to write anything. */
+		dmagate_fell_off(dev);
+		mutex_unlock(&dev->hw_lock);
+		return;
+	}
 	error = dev->halted ? -EIO : -ETIMEDOUT;
 	dev_warn(&dev->pdev->dev, "%s: resetting the device (%u transfers in flight)\n",
 		 dev->halted ? "device halted" : "transfer timed out", dev->nposted);
 	/* Bus mastering off first: a transfer stops at once (docs/device.md, 5). */
 	pci_clear_master(dev->pdev);
 	if (dmagate_hw_reset(dev)) {
-		/* It may still write: its pages stay revoked and are never freed. */
 		dev_err(&dev->pdev->dev, "device did not stop; its buffers stay revoked\n");
-		dev->hw_dead = true;
-		WRITE_ONCE(dev->wedged, true);
+		dmagate_mark_wedged(dev);
 		mutex_unlock(&dev->hw_lock);
 		dmagate_wake_sessions(dev);
 		return;
@@ -574,11 +856,16 @@ static void dmagate_watchdog(struct work_struct *work)
 	list_splice_init(&dev->posted, &finished);
 	dev->nposted = 0;
 	pci_set_master(dev->pdev);
-	if (dmagate_hw_start(dev))
+	restarted = !dmagate_hw_start(dev);
+	if (!restarted) {
 		dev->hw_dead = true;
+		WRITE_ONCE(dev->failed, true);
+	}
 	mutex_unlock(&dev->hw_lock);
 
 	dmagate_finish_all(&finished, error);
+	if (!restarted)
+		dmagate_wake_sessions(dev);
 }
 
 /* ---- The buffer --------------------------------------------------------- */
@@ -591,9 +878,13 @@ static void dmagate_buffer_unmap(struct dmagate_session *sess)
 	lockdep_assert_held(&sess->lock);
 	if (!sess->dma_mapped)
 		return;
-	for (i = 0; i < sess->nchunks; i++)
+	for (i = 0; i < sess->nchunks; i++) {
 		dma_unmap_page(dma_dev, sess->chunk_dma[i],
 			       PAGE_SIZE << sess->chunk_order, DMA_BIDIRECTIONAL);
+		dmagate_trace_region(sess->dev, false, "buffer", sess->id, 0,
+				     (u64)i << (PAGE_SHIFT + sess->chunk_order),
+				     sess->chunk_dma[i], PAGE_SIZE << sess->chunk_order);
+	}
 	sess->dma_mapped = false;
 }
 
@@ -613,7 +904,10 @@ static void dmagate_buffer_free(struct dmagate_session *sess)
 	sess->length = 0;
 }
 
-/* Allocate and DMA-map @nchunks chunks of 2^@order pages. sess->lock held. */
+/*
+ * Allocate @nchunks chunks of 2^@order pages and, unless each transfer maps
+ * its own, DMA-map them. sess->lock held.
+ */
 static int dmagate_chunks_alloc(struct dmagate_session *sess, unsigned int nchunks,
 				unsigned int order)
 {
@@ -634,6 +928,8 @@ static int dmagate_chunks_alloc(struct dmagate_session *sess, unsigned int nchun
 		sess->chunks[i] = alloc_pages(gfp, order);
 		if (!sess->chunks[i])
 			goto err_free_chunks;
+		if (dmagate_map_per_xfer)
+			continue;
 		sess->chunk_dma[i] = dma_map_page(dma_dev, sess->chunks[i], 0,
 						  PAGE_SIZE << order, DMA_BIDIRECTIONAL);
 		if (dma_mapping_error(dma_dev, sess->chunk_dma[i])) {
@@ -643,13 +939,18 @@ static int dmagate_chunks_alloc(struct dmagate_session *sess, unsigned int nchun
 	}
 	sess->nchunks = nchunks;
 	sess->chunk_order = order;
-	sess->dma_mapped = true;
+	sess->dma_mapped = !dmagate_map_per_xfer;
+	for (i = 0; sess->dma_mapped && i < nchunks; i++)
+		dmagate_trace_region(sess->dev, true, "buffer", sess->id, 0,
+				     (u64)i << (PAGE_SHIFT + order), sess->chunk_dma[i],
+				     PAGE_SIZE << order);
 	return 0;
 
 err_free_chunks:
 	while (i--) {
-		dma_unmap_page(dma_dev, sess->chunk_dma[i], PAGE_SIZE << order,
-			       DMA_BIDIRECTIONAL);
+		if (!dmagate_map_per_xfer)
+			dma_unmap_page(dma_dev, sess->chunk_dma[i], PAGE_SIZE << order,
+				       DMA_BIDIRECTIONAL);
 		__free_pages(sess->chunks[i], order);
 	}
 	kfree(sess->chunk_dma);
@@ -729,14 +1030,23 @@ static vm_fault_t dmagate_vm_fault(struct vm_fault *vmf)
 		atomic64_inc(&sess->dev->stats.sigbus);
 		goto out_unlock;
 	}
-	/* Map the whole run at once: one fault per re-granted range. */
-	first = max(first, vma_first);
-	last = min(last, vma_last);
+	ret = vmf_insert_pfn(vma, vmf->address & PAGE_MASK, dmagate_pfn(sess, vmf->pgoff));
+	if (ret & VM_FAULT_ERROR)
+		goto out_unlock;
+	/*
+	 * Then up to DMAGATE_FAULT_PAGES of the run around it, the pages after
+	 * it first: a re-granted range costs few faults, and the time this
+	 * holds sess->lock (which SUBMIT and re-grants take) stays bounded.
+	 */
+	last = min3(last, vma_last, vmf->pgoff + DMAGATE_FAULT_PAGES);
+	first = max3(first, vma_first, last > DMAGATE_FAULT_PAGES ?
+		     last - DMAGATE_FAULT_PAGES : 0);
 	for (pgoff = first; pgoff < last; pgoff++) {
-		ret = vmf_insert_pfn(vma, vma->vm_start + ((pgoff - vma_first) << PAGE_SHIFT),
-				     dmagate_pfn(sess, pgoff));
-		if (ret & VM_FAULT_ERROR)
-			break;
+		if (pgoff == vmf->pgoff)
+			continue;
+		if (vmf_insert_pfn(vma, vma->vm_start + ((pgoff - vma_first) << PAGE_SHIFT),
+				   dmagate_pfn(sess, pgoff)) & VM_FAULT_ERROR)
+			break;	/* the touched page is in: the rest can fault later */
 	}
 	atomic64_inc(&sess->dev->stats.faults);
 out_unlock:
@@ -862,6 +1172,7 @@ static int dmagate_submit_locked(struct dmagate_session *sess, struct dmagate_xf
 				 u64 param, u64 *seq)
 {
 	struct dmagate_dev *dev = sess->dev;
+	int ret;
 
 	if (sess->gone)
 		return -ENODEV;
@@ -876,25 +1187,43 @@ static int dmagate_submit_locked(struct dmagate_session *sess, struct dmagate_xf
 
 	mutex_lock(&dev->hw_lock);
 	if (dev->hw_dead) {
-		mutex_unlock(&dev->hw_lock);
-		return -ENODEV;
+		ret = READ_ONCE(dev->failed) ? -EIO : -ENODEV;
+		goto out_unlock;
 	}
 	if (dev->nposted == DMAGATE_SQ_ENTRIES - 1) {
-		mutex_unlock(&dev->hw_lock);
-		return -EAGAIN;
+		ret = -EAGAIN;
+		goto out_unlock;
 	}
-	*seq = xfer->rec.seq = ++sess->next_seq;
-	kref_get(&sess->ref);
+	xfer->rec.seq = ++sess->next_seq;
 	list_add_tail(&xfer->node, &sess->inflight);
-	atomic_inc(&sess->ninflight);
 	unmap_mapping_range(sess->inode->i_mapping, (loff_t)xfer->first << PAGE_SHIFT,
 			    (loff_t)(xfer->last - xfer->first) << PAGE_SHIFT, 1);
 	atomic64_inc(&dev->stats.revocations);
-	dmagate_sync(xfer, true);
+	dmagate_trace_owner(xfer, true);
+	if (dmagate_map_per_xfer) {
+		ret = dmagate_xfer_map(xfer);
+		if (ret)
+			goto err_give_back;
+	} else {
+		dmagate_sync(xfer, true);
+	}
+	kref_get(&sess->ref);
+	atomic_inc(&sess->ninflight);
+	*seq = xfer->rec.seq;
 	dmagate_hw_post(dev, xfer, xfer->op == DMAGATE_XFER_CHECKSUM ? 0 : param);
 	mutex_unlock(&dev->hw_lock);
 	atomic64_inc(&dev->stats.submits);
 	return 0;
+
+err_give_back:
+	/* Never posted: the next touch maps the pages again. */
+	dmagate_xfer_unmap(xfer);
+	dmagate_trace_owner(xfer, false);
+	list_del(&xfer->node);
+	sess->next_seq--;
+out_unlock:
+	mutex_unlock(&dev->hw_lock);
+	return ret;
 }
 
 static const enum dma_data_direction dmagate_directions[] = {
@@ -905,6 +1234,7 @@ static const enum dma_data_direction dmagate_directions[] = {
 
 static long dmagate_ioc_submit(struct dmagate_session *sess, void __user *uarg)
 {
+	struct dmagate_submit __user *usubmit = uarg;
 	struct dmagate_submit submit;
 	struct dmagate_xfer *xfer;
 	u32 usize;
@@ -917,6 +1247,9 @@ static long dmagate_ioc_submit(struct dmagate_session *sess, void __user *uarg)
 	    submit.op < DMAGATE_XFER_FILL || submit.op > DMAGATE_XFER_TRANSFORM ||
 	    !PAGE_ALIGNED(submit.offset) || !submit.length)
 		return -EINVAL;
+	/* EFAULT before anything is posted: the one output must be writable. */
+	if (put_user(0ULL, &usubmit->seq))
+		return -EFAULT;
 
 	xfer = kzalloc(sizeof(*xfer), GFP_KERNEL);
 	if (!xfer)
@@ -935,8 +1268,14 @@ static long dmagate_ioc_submit(struct dmagate_session *sess, void __user *uarg)
 		kfree(xfer);
 		return ret;
 	}
-	/* @xfer is the device's now; its record reaches read() even if this fails. */
-	return dmagate_arg_out(uarg, &submit, sizeof(submit));
+	/*
+	 * Posted: this succeeded whatever happens here.  Only a thread that
+	 * unmapped the argument meanwhile can make the copy fail; its record
+	 * still reaches WAIT(0) and read().
+	 */
+	if (put_user(submit.seq, &usubmit->seq))
+		dev_dbg(&sess->dev->pdev->dev, "SUBMIT: the caller lost its argument\n");
+	return 0;
 }
 
 static struct dmagate_xfer *dmagate_find(struct list_head *list, u64 seq)
@@ -973,6 +1312,8 @@ static int dmagate_take_record(struct dmagate_session *sess, u64 seq, long timeo
 			ret = -ENODEV;
 		else if (!idle_ok && !dmagate_find(&sess->inflight, seq))
 			ret = -ENOENT;
+		else if (READ_ONCE(sess->dev->failed))
+			ret = -EIO;	/* nothing more will finish */
 		mutex_unlock(&sess->lock);
 		if (xfer) {
 			*out = xfer;
@@ -1032,17 +1373,19 @@ static long dmagate_ioctl(struct file *file, unsigned int cmd, unsigned long arg
 	struct dmagate_session *sess = file->private_data;
 	void __user *uarg = (void __user *)arg;
 
-	/* The size in @cmd is the caller's; the structure's size field rules. */
-	if (_IOC_TYPE(cmd) != DMAGATE_IOC_MAGIC)
-		return -ENOTTY;
-	switch (_IOC_NR(cmd)) {
-	case _IOC_NR(DMAGATE_IOC_INFO):
+	/*
+	 * The whole command: direction, type, number and size.  A structure
+	 * that grows gets a new command; its size field says which version a
+	 * caller has (dmagate_arg_in()).
+	 */
+	switch (cmd) {
+	case DMAGATE_IOC_INFO:
 		return dmagate_ioc_info(sess, uarg);
-	case _IOC_NR(DMAGATE_IOC_ALLOC):
+	case DMAGATE_IOC_ALLOC:
 		return dmagate_ioc_alloc(sess, uarg);
-	case _IOC_NR(DMAGATE_IOC_SUBMIT):
+	case DMAGATE_IOC_SUBMIT:
 		return dmagate_ioc_submit(sess, uarg);
-	case _IOC_NR(DMAGATE_IOC_WAIT):
+	case DMAGATE_IOC_WAIT:
 		return dmagate_ioc_wait(sess, uarg);
 	default:
 		return -ENOTTY;
@@ -1095,6 +1438,8 @@ static __poll_t dmagate_poll(struct file *file, poll_table *wait)
 	}
 	if (sess->gone)
 		mask |= EPOLLHUP;
+	else if (READ_ONCE(sess->dev->failed))
+		mask |= EPOLLERR | EPOLLHUP;
 	mutex_unlock(&sess->lock);
 	return mask;
 }
@@ -1114,6 +1459,7 @@ static int dmagate_open(struct inode *inode, struct file *file)
 		goto err_free_session;
 	}
 	kref_init(&sess->ref);
+	sess->id = atomic_inc_return(&dmagate_session_ids);
 	mutex_init(&sess->lock);
 	init_waitqueue_head(&sess->wq);
 	INIT_LIST_HEAD(&sess->inflight);
@@ -1240,24 +1586,70 @@ static const struct attribute_group *dmagate_groups[] = {
 
 /* ---- PCI ---------------------------------------------------------------- */
 
+/*
+ * The rings and SG lists are not managed (devres) allocations: they are
+ * freed only once the device is known to have stopped, never by unbind
+ * alone (dmagate_remove() leaks them when the device is wedged).
+ */
+static void dmagate_free_rings(struct dmagate_dev *dev)
+{
+	struct device *dma_dev = dmagate_dma_dev(dev);
+	unsigned int i;
+
+	for (i = 0; i < DMAGATE_SQ_ENTRIES; i++) {
+		if (!dev->sgl[i])
+			continue;
+		dmagate_trace_region(dev, false, "sgl", 0, 0, 0, dev->sgl_dma[i],
+				     DMAGATE_SGL_BYTES);
+		dma_free_coherent(dma_dev, DMAGATE_SGL_BYTES, dev->sgl[i], dev->sgl_dma[i]);
+		dev->sgl[i] = NULL;
+	}
+	if (dev->cq) {
+		dmagate_trace_region(dev, false, "cq", 0, 0, 0, dev->cq_dma,
+				     DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE);
+		dma_free_coherent(dma_dev, DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE, dev->cq,
+				  dev->cq_dma);
+		dev->cq = NULL;
+	}
+	if (dev->sq) {
+		dmagate_trace_region(dev, false, "sq", 0, 0, 0, dev->sq_dma,
+				     DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE);
+		dma_free_coherent(dma_dev, DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE, dev->sq,
+				  dev->sq_dma);
+		dev->sq = NULL;
+	}
+}
+
 static int dmagate_alloc_rings(struct dmagate_dev *dev)
 {
 	struct device *dma_dev = dmagate_dma_dev(dev);
 	unsigned int i;
 
-	dev->sq = dmam_alloc_coherent(dma_dev, DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE,
-				      &dev->sq_dma, GFP_KERNEL);
-	dev->cq = dmam_alloc_coherent(dma_dev, DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE,
-				      &dev->cq_dma, GFP_KERNEL);
-	if (!dev->sq || !dev->cq)
-		return -ENOMEM;
+	dev->sq = dma_alloc_coherent(dma_dev, DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE,
+				     &dev->sq_dma, GFP_KERNEL);
+	if (!dev->sq)
+		goto err_free_rings;
+	dmagate_trace_region(dev, true, "sq", 0, 0, 0, dev->sq_dma,
+			     DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE);
+	dev->cq = dma_alloc_coherent(dma_dev, DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE,
+				     &dev->cq_dma, GFP_KERNEL);
+	if (!dev->cq)
+		goto err_free_rings;
+	dmagate_trace_region(dev, true, "cq", 0, 0, 0, dev->cq_dma,
+			     DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE);
 	for (i = 0; i < DMAGATE_SQ_ENTRIES; i++) {
-		dev->sgl[i] = dmam_alloc_coherent(dma_dev, DMAGATE_SGL_BYTES,
-						  &dev->sgl_dma[i], GFP_KERNEL);
+		dev->sgl[i] = dma_alloc_coherent(dma_dev, DMAGATE_SGL_BYTES,
+						 &dev->sgl_dma[i], GFP_KERNEL);
 		if (!dev->sgl[i])
-			return -ENOMEM;
+			goto err_free_rings;
+		dmagate_trace_region(dev, true, "sgl", 0, 0, 0, dev->sgl_dma[i],
+				     DMAGATE_SGL_BYTES);
 	}
 	return 0;
+
+err_free_rings:
+	dmagate_free_rings(dev);	/* the device was not told of any yet */
+	return -ENOMEM;
 }
 
 static int dmagate_irq_types(void)
@@ -1333,6 +1725,7 @@ err_free_irqs:
 
 static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
+	bool keep_rings = false;
 	struct dmagate_dev *dev;
 	u32 ident;
 	int ret;
@@ -1344,9 +1737,11 @@ static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	dev->pdev = pci_dev_get(pdev);
 	mutex_init(&dev->sessions_lock);
 	mutex_init(&dev->hw_lock);
+	spin_lock_init(&dev->time_lock);
 	INIT_LIST_HEAD(&dev->sessions);
 	INIT_LIST_HEAD(&dev->posted);
 	INIT_DELAYED_WORK(&dev->watchdog, dmagate_watchdog);
+	INIT_WORK(&dev->remove_work, dmagate_remove_work);
 
 	ret = pcim_enable_device(pdev);
 	if (ret) {
@@ -1378,24 +1773,30 @@ static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		dev_err_probe(&pdev->dev, ret, "cannot allocate the rings\n");
 		goto err_put_dev;
 	}
-	pci_set_master(pdev);
-
 	ret = ida_alloc(&dmagate_ida, GFP_KERNEL);
 	if (ret < 0)
-		goto err_clear_master;
+		goto err_free_rings;
 	dev->id = ret;
 	snprintf(dev->name, sizeof(dev->name), DRV_NAME "%d", dev->id);
 
+	/*
+	 * Reset before mastering is on: a device that was left mid-transfer
+	 * (its last driver gone, or back on the bus) must not finish it now.
+	 */
 	mutex_lock(&dev->hw_lock);
-	ret = dmagate_hw_reset(dev) ?: dmagate_hw_start(dev);
+	ret = dmagate_hw_reset(dev);
+	if (!ret) {
+		pci_set_master(pdev);
+		ret = dmagate_hw_start(dev);
+	}
 	mutex_unlock(&dev->hw_lock);
 	if (ret) {
 		dev_err_probe(&pdev->dev, ret, "device does not start\n");
-		goto err_free_id;
+		goto err_stop_device;
 	}
 	ret = dmagate_setup_irqs(dev);
 	if (ret)
-		goto err_reset_device;
+		goto err_stop_device;
 
 	dev->misc.minor = MISC_DYNAMIC_MINOR;
 	dev->misc.name = dev->name;
@@ -1417,12 +1818,15 @@ static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 err_free_irqs:
 	dmagate_free_irqs(dev);
-err_reset_device:
-	dmagate_hw_reset(dev);
-err_free_id:
-	ida_free(&dmagate_ida, dev->id);
-err_clear_master:
+err_stop_device:
 	pci_clear_master(pdev);
+	keep_rings = dmagate_hw_reset(dev) != 0;
+	ida_free(&dmagate_ida, dev->id);
+err_free_rings:
+	if (keep_rings)
+		dev_crit(&pdev->dev, "device did not stop: leaking its rings\n");
+	else
+		dmagate_free_rings(dev);
 err_put_dev:
 	dmagate_dev_put(dev);
 	return ret;
@@ -1463,11 +1867,12 @@ static void dmagate_remove(struct pci_dev *pdev)
 		list_splice_init(&dev->posted, &finished);
 		dev->nposted = 0;
 	} else {
-		WRITE_ONCE(dev->wedged, true);
+		dmagate_mark_wedged(dev);
 	}
 	mutex_unlock(&dev->hw_lock);
 	if (!stopped)
-		dev_crit(&pdev->dev, "device did not stop: its buffers stay revoked, never freed\n");
+		dev_crit(&pdev->dev,
+			 "device did not stop: its buffers and rings stay revoked, never freed\n");
 
 	/* No handler or watchdog runs past here. */
 	dmagate_free_irqs(dev);
@@ -1485,6 +1890,8 @@ static void dmagate_remove(struct pci_dev *pdev)
 	}
 	mutex_unlock(&dev->sessions_lock);
 
+	if (stopped)
+		dmagate_free_rings(dev);
 	ida_free(&dmagate_ida, dev->id);
 	dev_info(&pdev->dev, "removed\n");
 	dmagate_dev_put(dev);
@@ -1519,6 +1926,41 @@ static struct file_system_type dmagate_fs_type = {
 	.kill_sb = kill_anon_super,
 };
 
+/*
+ * The ownership record goes to a trace instance of its own, enabled before
+ * any device is probed: the rings a probe maps are part of it.
+ */
+static void dmagate_trace_start(void)
+{
+	dmagate_epoch = get_random_u32();
+	if (!ownership_trace)
+		return;
+#ifdef DMAGATE_TRACE_ARRAY_SYSTEMS
+	dmagate_trace = trace_array_get_by_name(DMAGATE_TRACE_INSTANCE, NULL);
+#else	/* before 6.8 */
+	dmagate_trace = trace_array_get_by_name(DMAGATE_TRACE_INSTANCE);
+#endif
+	if (!dmagate_trace) {
+		pr_warn(DRV_NAME ": no trace instance " DMAGATE_TRACE_INSTANCE
+			": ownership not recorded\n");
+		return;
+	}
+	if (trace_array_set_clr_event(dmagate_trace, DRV_NAME, NULL, true)) {
+		pr_warn(DRV_NAME ": cannot enable the ownership record\n");
+		trace_array_put(dmagate_trace);
+		dmagate_trace = NULL;
+	}
+}
+
+static void dmagate_trace_stop(void)
+{
+	if (!dmagate_trace)
+		return;
+	trace_array_set_clr_event(dmagate_trace, DRV_NAME, NULL, false);
+	trace_array_put(dmagate_trace);
+	dmagate_trace = NULL;
+}
+
 static int __init dmagate_init(void)
 {
 	int ret;
@@ -1529,26 +1971,40 @@ static int __init dmagate_init(void)
 		       max_buffer);
 		return -EINVAL;
 	}
-	if (!timeout_ms) {
-		pr_err(DRV_NAME ": timeout_ms must be at least 1\n");
+	if (sysfs_streq(dma_map, "transfer")) {
+		dmagate_map_per_xfer = true;
+	} else if (!sysfs_streq(dma_map, "session")) {
+		pr_err(DRV_NAME ": dma_map=%s: use session or transfer\n", dma_map);
 		return -EINVAL;
 	}
+	dmagate_wq = alloc_workqueue(DRV_NAME, 0, 0);
+	if (!dmagate_wq)
+		return -ENOMEM;
 	dmagate_mnt = kern_mount(&dmagate_fs_type);
-	if (IS_ERR(dmagate_mnt))
-		return PTR_ERR(dmagate_mnt);
+	if (IS_ERR(dmagate_mnt)) {
+		ret = PTR_ERR(dmagate_mnt);
+		goto err_destroy_wq;
+	}
+	dmagate_trace_start();
 	ret = pci_register_driver(&dmagate_driver);
 	if (ret)
-		goto err_unmount;
+		goto err_stop_trace;
 	return 0;
 
-err_unmount:
+err_stop_trace:
+	dmagate_trace_stop();
 	kern_unmount(dmagate_mnt);
+err_destroy_wq:
+	destroy_workqueue(dmagate_wq);
 	return ret;
 }
 
 static void __exit dmagate_exit(void)
 {
 	pci_unregister_driver(&dmagate_driver);
+	/* A device that fell off the bus may have queued its own removal. */
+	destroy_workqueue(dmagate_wq);
+	dmagate_trace_stop();
 	kern_unmount(dmagate_mnt);
 	ida_destroy(&dmagate_ida);
 }

@@ -16,6 +16,8 @@
  *                                    submit, then sleep until killed
  *   dmagatectl cycle [--verify]      ownership round-trip latency
  *   dmagatectl stress                touchers in a thread and a child
+ *   dmagatectl regrant OP --at OFF   which touches fault after a transfer
+ *   dmagatectl drain [--from FILE]   what a trace pipe holds, without waiting
  *   dmagatectl selftest              check the tool's own reference code
  *
  * OP is fill, checksum or transform. Options (any order after the
@@ -51,6 +53,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -69,6 +72,7 @@
 #define SPOT_WORDS		64
 #define NR_IO_URING_SETUP	425
 #define NR_IO_URING_REGISTER	427
+#define OWNERSHIP_TRACE_PIPE	"/sys/kernel/tracing/instances/dmagate/trace_pipe"
 
 static const char usage[] =
 "usage: dmagatectl COMMAND [OP] [options]\n"
@@ -88,6 +92,10 @@ static const char usage[] =
 "                          close and munmap mid-DMA, print closed, exit)\n"
 "  cycle [--verify]        SUBMIT/poll/read/touch latency statistics\n"
 "  stress                  FILL cycles under toucher thread and child\n"
+"  regrant OP --at OFF     one transfer over the buffer; touch OFF, then\n"
+"                          every page: print the offsets that faulted\n"
+"  drain [--from FILE]     copy what FILE (default the driver's ownership\n"
+"                          trace pipe) holds to stdout; never blocks\n"
 "  selftest                check the pattern, CRC-32 and parsers\n"
 "OP: fill, checksum, transform\n"
 "options:\n"
@@ -131,6 +139,7 @@ struct opts {
 	int fail_at;		/* STEP_*: arm make-it-fail around that step */
 	uint64_t fail_nth;	/* --fail-nth: 0, or the allocation to fail */
 	long recheck_ms;	/* --recheck: 0, or verify again this much later */
+	const char *from;	/* --from: the file drain reads */
 };
 
 /* The session steps --fail-at can make fail (fault injection). */
@@ -445,6 +454,8 @@ static int parse_option(struct opts *o, int argc, char **argv, int *i)
 	} else if (!strcmp(opt, "--recheck")) {
 		ok = parse_long(val, &o->recheck_ms) || o->recheck_ms < 1 ||
 		     o->recheck_ms > INT_MAX / 1000;
+	} else if (!strcmp(opt, "--from")) {
+		o->from = val;
 	} else if (!strcmp(opt, "--fail-nth")) {
 		ok = parse_u64(val, &o->fail_nth, 0) || !o->fail_nth || o->fail_nth > INT_MAX;
 	} else if (!strcmp(opt, "--fail-at")) {
@@ -1537,6 +1548,28 @@ static int try_submit(int fd, const struct dmagate_submit *arg, long ms)
 	return 0;
 }
 
+/* A structure as large as a page is fine, one byte larger is not. */
+static void page_size_cases(const struct opts *o)
+{
+	struct dmagate_info *info;
+	uint8_t *p;
+	int fd;
+
+	p = mmap(NULL, 2 * page_size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		die_sys("mmap");
+	info = (struct dmagate_info *)p;
+	fd = open_dev(o);
+	info->size = page_size;
+	print_case("info_page_zero_tail", ioctl(fd, DMAGATE_IOC_INFO, info));
+	memset(p, 0, 2 * page_size);
+	info->size = page_size + 8;
+	print_case("info_over_page_zero_tail", ioctl(fd, DMAGATE_IOC_INFO, info));
+	close(fd);
+	munmap(p, 2 * page_size);
+}
+
 static void info_cases(const struct opts *o, uint64_t *max_buffer)
 {
 	struct {
@@ -1552,6 +1585,16 @@ static void info_cases(const struct opts *o, uint64_t *max_buffer)
 	fd = open_dev(o);
 	print_case("ioctl_badptr", ioctl(fd, DMAGATE_IOC_INFO, (void *)8));
 	close(fd);
+	/* A known number with another direction or size is another command. */
+	fd = open_dev(o);
+	memset(&info, 0, sizeof(info));
+	info.size = sizeof(info);
+	print_case("ioctl_wrong_dir",
+		   ioctl(fd, _IOR(DMAGATE_IOC_MAGIC, 0x00, struct dmagate_info), &info));
+	print_case("ioctl_wrong_size",
+		   ioctl(fd, _IOWR(DMAGATE_IOC_MAGIC, 0x00, struct dmagate_alloc), &info));
+	close(fd);
+	page_size_cases(o);
 	fd = open_dev(o);
 	memset(&info, 0, sizeof(info));
 	info.size = 4;
@@ -1607,6 +1650,30 @@ static void alloc_cases(const struct opts *o, uint64_t max_buffer)
 	close(fd);
 }
 
+/*
+ * SUBMIT with an argument it can read but not write back: EFAULT, and
+ * nothing posted (no transfer to wait for afterwards).
+ */
+static void readonly_submit_case(int fd)
+{
+	struct dmagate_completion c;
+	struct dmagate_submit *sub;
+
+	sub = mmap(NULL, page_size, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (sub == MAP_FAILED)
+		die_sys("mmap");
+	memset(sub, 0, sizeof(*sub));
+	sub->size = sizeof(*sub);
+	sub->op = DMAGATE_XFER_FILL;
+	sub->length = page_size;
+	if (mprotect(sub, page_size, PROT_READ))
+		die_sys("mprotect");
+	print_case("submit_readonly_arg", ioctl(fd, DMAGATE_IOC_SUBMIT, sub));
+	print_case("submit_readonly_posted", wait_ioctl(fd, 0, 0, 2000, &c));
+	munmap(sub, page_size);
+}
+
 static void submit_cases(int fd, const struct opts *o)
 {
 	static const struct {
@@ -1630,6 +1697,7 @@ static void submit_cases(int fd, const struct opts *o)
 		sub.size = sizeof(sub);
 		print_case(cases[i].name, try_submit(fd, &sub, o->timeout_ms));
 	}
+	readonly_submit_case(fd);
 }
 
 static void mmap_cases(int fd, const struct opts *o)
@@ -2203,6 +2271,72 @@ static int cmd_selftest(struct opts *o)
 	return 0;
 }
 
+/* ---- regrant, drain ------------------------------------------------------ */
+
+static long minor_faults(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru))
+		die_sys("getrusage");
+	return ru.ru_minflt;
+}
+
+/*
+ * One transfer over the whole buffer; then a read of the page at --at, then
+ * of every page in order. Prints the offsets whose touch took a fault (the
+ * driver maps a run of pages per fault).
+ */
+static int cmd_regrant(struct opts *o)
+{
+	uint64_t pages = o->size / page_size, i, n = 0, *at;
+	volatile uint8_t sink;
+	struct dmagate_completion c;
+	struct session s;
+	long before;
+
+	if (o->at >= o->size)
+		return usage_error("--at past the buffer", NULL);
+	at = calloc(pages + 1, sizeof(*at));
+	if (!at)
+		die_sys("calloc");
+	session_open(&s, o);
+	wait_or_exit(&s, o, submit_or_die(&s, o), &c);
+	for (i = 0; i <= pages; i++) {
+		uint64_t off = i ? (i - 1) * page_size : o->at & ~(page_size - 1);
+
+		before = minor_faults();
+		sink = s.buf[off];
+		if (minor_faults() != before)
+			at[n++] = off;
+	}
+	(void)sink;
+	printf("faults=%" PRIu64 " fault_offsets=", n);
+	for (i = 0; i < n; i++)
+		printf("%s0x%" PRIx64, i ? "," : "", at[i]);
+	printf("\n");
+	free(at);
+	return 0;
+}
+
+static int cmd_drain(struct opts *o)
+{
+	const char *path = o->from ? o->from : OWNERSHIP_TRACE_PIPE;
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	char buf[65536];
+	ssize_t n;
+
+	if (fd < 0)
+		die_sys(path);
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		if (fwrite(buf, 1, n, stdout) != (size_t)n)
+			die_sys("stdout");
+	if (n < 0 && errno != EAGAIN)
+		die_sys(path);
+	close(fd);
+	return 0;
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static const struct command {
@@ -2210,6 +2344,8 @@ static const struct command {
 	int (*fn)(struct opts *o);
 	int takes_op;		/* 0 none, 1 required, 2 optional */
 } commands[] = {
+	{ "regrant", cmd_regrant, 1 },
+	{ "drain", cmd_drain, 0 },
 	{ "list", cmd_list, 0 },
 	{ "info", cmd_info, 0 },
 	{ "xfer", cmd_xfer, 1 },

@@ -28,6 +28,9 @@ FIRMWARE_DIRS = (Path("/usr/share/qemu"), Path("/usr/share/seabios"))
 FAST_BIOS = "qboot.rom"
 
 
+DMA_LOG_ENTRIES = 65536
+
+
 @dataclass(frozen=True)
 class GuestSpec:
     """What to boot and on what virtual hardware."""
@@ -85,6 +88,9 @@ def build_command(
         # romfile= : no PXE ROM, which the +ds build does not ship anyway.
         "-device", "virtio-net-pci,netdev=net0,romfile=",
     ]
+    # Room in each dmagate's DMA access log for what a test does between two
+    # ownership checks (the harness reads it after every test).
+    argv += ["-global", f"dmagate.dma-log-size={DMA_LOG_ENTRIES}"]
     for device in spec.devices:
         argv += ["-device", device]
     argv += spec.extra_args

@@ -9,7 +9,10 @@ Fixtures
 
 Every test that uses a VM fails if the guest kernel printed a splat or picked
 up a taint (other than O/E) while it ran, unless the test says it expects
-exactly that with ``@pytest.mark.expect_splat("TITLE-REGEX")``. A failing
+exactly that with ``@pytest.mark.expect_splat("TITLE-REGEX")``. It fails too
+if the ownership check (dmagate.ownership) finds a DMA access outside what
+the driver had given the device, unless the test declares it with
+``@pytest.mark.expect_ownership_violation("REGEX")``. A failing
 test's report ends with the last console lines and the splats; its console
 slice, QMP and SSH transcripts and QEMU command line are kept under
 build/test-artifacts/<test>/.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +33,8 @@ import pytest
 
 from dmagate.accel import Accelerator, resolve_accelerator
 from dmagate.health import HealthReport, HealthWatch, project_leaks
+from dmagate.ownership import Violation
+from dmagate.ownership_watch import OwnershipRecordError, OwnershipWatch
 from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
 from dmagate.splat import format_splats
 from dmagate.vm import DEBUG_FLAVOUR, VM, VMOptions, kernel_timeout_factor
@@ -71,8 +77,26 @@ class _TestVMs:
             self.watches.append(HealthWatch.begin(vm, from_boot=from_boot))
 
 
+@dataclass
+class _OwnershipTally:
+    """The ownership check across the session, for the summary."""
+
+    watches: weakref.WeakKeyDictionary[VM, OwnershipWatch] = field(
+        default_factory=weakref.WeakKeyDictionary)
+    tests: int = 0
+    accesses: int = 0
+    violations: int = 0
+    declared: int = 0
+
+    def watch(self, vm: VM) -> OwnershipWatch:
+        if vm not in self.watches:
+            self.watches[vm] = OwnershipWatch(vm)
+        return self.watches[vm]
+
+
 _VMS_KEY = pytest.StashKey[_TestVMs]()
 _HEALTH_KEY = pytest.StashKey[list[HealthReport]]()
+_OWNERSHIP_KEY = pytest.StashKey[_OwnershipTally]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -96,6 +120,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "debug_kernel: needs the debug kernel's checkers; not collected on others"
     )
+    config.addinivalue_line(
+        "markers",
+        "expect_ownership_violation(regex): the test makes the device touch memory the "
+        "driver had not given it, on purpose",
+    )
+    config.stash[_OWNERSHIP_KEY] = _OwnershipTally()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -209,8 +239,54 @@ def judge(expected: list[re.Pattern[str]], reports: list[HealthReport]) -> str:
     return "\n".join(problems)
 
 
+def judge_ownership(expected: list[re.Pattern[str]], violations: list[Violation]) -> str:
+    """What is wrong with the device's accesses in a test, or "".
+
+    ``expected``: patterns of violations the test provokes on purpose; each
+    must match one, and every violation must match one.
+    """
+    problems = []
+    seen: set[int] = set()
+    for violation in violations:
+        text = violation.describe()
+        hits = [i for i, pattern in enumerate(expected) if pattern.search(text)]
+        seen.update(hits)
+        if not hits:
+            problems.append(f"ownership violated: {text}")
+    for i, pattern in enumerate(expected):
+        if i not in seen:
+            problems.append(
+                f"expected an ownership violation matching {pattern.pattern!r}; none came")
+    return "\n".join(problems)
+
+
+def _ownership_verdict(item: pytest.Item, vms: _TestVMs) -> str:
+    tally = item.config.stash[_OWNERSHIP_KEY]
+    expected = [re.compile(str(m.args[0]))
+                for m in item.iter_markers("expect_ownership_violation")]
+    violations: list[Violation] = []
+    problems = []
+    for health in vms.watches:
+        if not health.vm.is_running():
+            continue
+        watch = tally.watch(health.vm)
+        before = watch.checked
+        try:
+            violations += watch.check()
+        except OwnershipRecordError as err:
+            problems.append(str(err))
+        tally.accesses += watch.checked - before
+    tally.tests += 1
+    tally.violations += len(violations)
+    verdict = judge_ownership(expected, violations)
+    if not verdict:
+        tally.declared += len(violations)
+    return "\n".join([*problems, verdict] if verdict else problems)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    ownership = ""
     try:
         result = yield
     finally:
@@ -219,10 +295,22 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             for watch in vms.watches:
                 watch.scans_leaks = True  # the leak it provokes, seen in the test
         item.stash[_HEALTH_KEY] = [w.check() for w in vms.watches] if vms else []
-    verdict = judge(_expected(item), item.stash[_HEALTH_KEY])
+        if vms:
+            ownership = _ownership_verdict(item, vms)
+    verdict = "\n".join(v for v in (judge(_expected(item), item.stash[_HEALTH_KEY]),
+                                     ownership) if v)
     if verdict:
         raise KernelHealthError(verdict)
     return result
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    tally = config.stash.get(_OWNERSHIP_KEY, None)
+    if tally and tally.tests:
+        terminalreporter.write_line(
+            f"dmagate ownership check: {tally.accesses} device accesses checked in "
+            f"{tally.tests} tests; {tally.violations} violations "
+            f"({tally.declared} declared by their tests)")
 
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from dmagate.devicefaults import device_faults, get_knob
 from dmagate.guesttool import (
+    DRIVER_TIMEOUT_MS,
     EXIT_MISMATCH,
     EXIT_OK,
     EXIT_XFER_ERROR,
@@ -95,3 +96,18 @@ def test_duplicate_completion_is_ignored(vm: VM) -> None:
         assert_still_works(vm)
     assert "ignoring a completion for tag" in vm.run("dmesg | tail -n 5", check=True).stdout
     assert_still_works(vm)
+
+
+@pytest.mark.parametrize("value", ["0", "60001", "4294967296", "soon"])
+def test_watchdog_timeout_is_bounded(vm: VM, value: str) -> None:
+    # close() waits for the device up to about timeout_ms, uninterruptibly:
+    # above a minute the hung-task detector would fire first.
+    before = vm.run(f"cat {DRIVER_TIMEOUT_MS}", check=True).stdout
+    refused = vm.run(f"echo {value} > {DRIVER_TIMEOUT_MS}")
+    assert refused.status != 0, f"timeout_ms={value} was taken"
+    assert vm.run(f"cat {DRIVER_TIMEOUT_MS}", check=True).stdout == before
+
+
+def test_watchdog_timeout_of_a_minute_is_taken(vm: VM) -> None:
+    with driver_timeout(vm, 60000):
+        assert vm.run(f"cat {DRIVER_TIMEOUT_MS}", check=True).stdout.strip() == "60000"

@@ -116,6 +116,14 @@ def test_mapping_cannot_be_pinned(vm: VM) -> None:
 EXPECTED_ERRNOS = {
     "ioctl_unknown": "ENOTTY",
     "ioctl_badptr": "EFAULT",
+    # The whole command is decoded: a known number with another direction
+    # or size is unknown.
+    "ioctl_wrong_dir": "ENOTTY",
+    "ioctl_wrong_size": "ENOTTY",
+    # Up to a page with a zero tail is fine; past a page E2BIG, zero or not
+    # (as clone3, sched_setattr, perf_event_open).
+    "info_page_zero_tail": "0",
+    "info_over_page_zero_tail": "E2BIG",
     "info_small_size": "EINVAL",
     "info_big_zero_tail": "0",
     "info_big_nonzero_tail": "E2BIG",
@@ -133,6 +141,9 @@ EXPECTED_ERRNOS = {
     "submit_zero_len": "EINVAL",
     "submit_past_end": "ERANGE",
     "submit_overflow": "ERANGE",
+    # EFAULT means nothing was posted: no transfer to wait for after it.
+    "submit_readonly_arg": "EFAULT",
+    "submit_readonly_posted": "ENOENT",
     "mmap_private": "EINVAL",
     "mmap_past_end": "EINVAL",
     "mmap_offset_past_end": "EINVAL",
@@ -164,3 +175,29 @@ def test_statistics_count_what_happened(vm: VM) -> None:
     assert delta["submits"] == delta["completions"] == delta["revocations"] == 1
     assert delta["sigbus"] == 1 and delta["errors"] == 0
     assert delta["faults"] >= 2
+
+
+MIB = 1 << 20
+
+
+def fault_offsets(vm: VM, at: int) -> list[int]:
+    """Offsets whose touch faulted: the page at ``at`` first, then every page
+    of a 64 MiB buffer just given back, in order."""
+    run = dmagatectl(vm, f"regrant fill -s 64M --at {at:#x}")
+    assert run.status == EXIT_OK, run.describe()
+    offsets = [int(o, 16) for o in run["fault_offsets"].split(",") if o]
+    assert len(offsets) == int(run["faults"])
+    return offsets
+
+
+def test_one_fault_maps_a_bounded_run_touched_page_first(vm: VM) -> None:
+    # 64 MiB given back at once: a fault maps its own page and up to 2 MiB
+    # after it, not all 16,384 pages under the session lock.
+    at = 40 * MIB
+    expected = [at, *range(0, at, 2 * MIB), *range(at + 2 * MIB, 64 * MIB, 2 * MIB)]
+    assert fault_offsets(vm, at) == expected
+
+
+def test_one_fault_near_the_end_maps_the_pages_before_it(vm: VM) -> None:
+    at = 64 * MIB - 4096
+    assert fault_offsets(vm, at) == [at, *range(0, 62 * MIB, 2 * MIB)]

@@ -27,9 +27,30 @@ static const char *const dir_names[] = {
 void dmagate_dmalog_init(DmagateDmaLog *log)
 {
     if (!log->entry) {
-        log->entry = g_new0(DmagateDmaAccess, DMAGATE_DMALOG_ENTRIES);
+        if (!log->size) {
+            log->size = DMAGATE_DMALOG_ENTRIES;
+        }
+        log->entry = g_new0(DmagateDmaAccess, log->size);
         log->next_seq = 1;
+        log->first_seq = 1;
     }
+}
+
+bool dmagate_dmalog_resize(DmagateDmaLog *log, uint32_t size)
+{
+    if (size < DMAGATE_DMALOG_MIN_ENTRIES ||
+        size > DMAGATE_DMALOG_MAX_ENTRIES) {
+        return false;
+    }
+    log->size = size;
+    if (!log->entry) {
+        return true;    /* init allocates it */
+    }
+    /* In use: an empty ring of the new size. */
+    g_free(log->entry);
+    log->entry = g_new0(DmagateDmaAccess, size);
+    log->first_seq = log->next_seq;
+    return true;
 }
 
 void dmagate_dmalog_free(DmagateDmaLog *log)
@@ -47,7 +68,11 @@ void dmagate_dmalog_add(DmagateDmaLog *log, DmagateDmaKind kind, uint64_t addr,
     if (!log->entry) {
         return;
     }
-    access = &log->entry[(log->next_seq - 1) % DMAGATE_DMALOG_ENTRIES];
+    if (log->next_seq - log->first_seq == log->size) {
+        log->first_seq++;
+        log->lost++;
+    }
+    access = &log->entry[log->next_seq % log->size];
     *access = (DmagateDmaAccess) {
         .seq = log->next_seq++,
         .addr = addr,
@@ -62,9 +87,7 @@ void dmagate_dmalog_add(DmagateDmaLog *log, DmagateDmaKind kind, uint64_t addr,
 
 uint64_t dmagate_dmalog_lost(const DmagateDmaLog *log)
 {
-    uint64_t made = log->next_seq ? log->next_seq - 1 : 0;
-
-    return made > DMAGATE_DMALOG_ENTRIES ? made - DMAGATE_DMALOG_ENTRIES : 0;
+    return log->lost;
 }
 
 static bool visit_access(Visitor *v, const DmagateDmaAccess *access,
@@ -101,7 +124,7 @@ static bool visit_access(Visitor *v, const DmagateDmaAccess *access,
 bool dmagate_dmalog_visit(const DmagateDmaLog *log, Visitor *v,
                           const char *name, Error **errp)
 {
-    uint64_t first = dmagate_dmalog_lost(log) + 1;
+    uint64_t first = MAX(log->first_seq, log->since);
     bool done = true;
 
     if (!visit_start_list(v, name, NULL, 0, errp)) {
@@ -109,8 +132,7 @@ bool dmagate_dmalog_visit(const DmagateDmaLog *log, Visitor *v,
     }
     for (uint64_t seq = first; log->entry && seq < log->next_seq && done;
          seq++) {
-        done = visit_access(v, &log->entry[(seq - 1) % DMAGATE_DMALOG_ENTRIES],
-                            errp);
+        done = visit_access(v, &log->entry[seq % log->size], errp);
     }
     visit_end_list(v, NULL);
     return done;

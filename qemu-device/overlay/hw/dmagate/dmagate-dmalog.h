@@ -34,7 +34,10 @@ typedef enum {
 /* The index of an access that is for no descriptor (an interrupt). */
 #define DMALOG_NO_INDEX UINT32_MAX
 
+/* Entries the ring holds: the default and the range of "dma-log-size". */
 #define DMAGATE_DMALOG_ENTRIES 8192
+#define DMAGATE_DMALOG_MIN_ENTRIES 64
+#define DMAGATE_DMALOG_MAX_ENTRIES (1u << 20)
 
 typedef struct DmagateDmaAccess {
     uint64_t seq;           /* 1, 2, ... in the order made */
@@ -48,12 +51,22 @@ typedef struct DmagateDmaAccess {
 } DmagateDmaAccess;
 
 typedef struct DmagateDmaLog {
-    DmagateDmaAccess *entry;    /* DMAGATE_DMALOG_ENTRIES, a ring */
+    DmagateDmaAccess *entry;    /* size entries, a ring indexed by seq */
+    uint32_t size;              /* 0 until init: DMAGATE_DMALOG_ENTRIES */
     uint64_t next_seq;          /* seq of the next access (from 1) */
+    uint64_t first_seq;         /* the oldest entry held */
+    uint64_t lost;              /* entries the ring overwrote */
+    uint64_t since;             /* the visit lists seq >= since only */
 } DmagateDmaLog;
 
 void dmagate_dmalog_init(DmagateDmaLog *log);
 void dmagate_dmalog_free(DmagateDmaLog *log);
+
+/*
+ * Hold @size entries from now on; false if out of range. A log in use is
+ * emptied (seq goes on).
+ */
+bool dmagate_dmalog_resize(DmagateDmaLog *log, uint32_t size);
 
 /* Record one access (a no-op before init). */
 void dmagate_dmalog_add(DmagateDmaLog *log, DmagateDmaKind kind, uint64_t addr,
@@ -63,7 +76,7 @@ void dmagate_dmalog_add(DmagateDmaLog *log, DmagateDmaKind kind, uint64_t addr,
 /* Accesses overwritten since the log began: the ring is full. */
 uint64_t dmagate_dmalog_lost(const DmagateDmaLog *log);
 
-/* The entries still held, oldest first, as a QAPI list of structs. */
+/* The entries still held from log->since on, oldest first, as a QAPI list. */
 bool dmagate_dmalog_visit(const DmagateDmaLog *log, Visitor *v,
                           const char *name, Error **errp);
 

@@ -2125,6 +2125,46 @@ static void dmagate_get_dma_log_lost(Object *obj, Visitor *v,
     visit_type_uint64(v, name, &lost, errp);
 }
 
+static void dmagate_get_dma_log_size(Object *obj, Visitor *v,
+                                     const char *name, void *opaque,
+                                     Error **errp)
+{
+    DmagateDmaLog *log = &DMAGATE(obj)->dmalog;
+    uint32_t size = log->size ? log->size : DMAGATE_DMALOG_ENTRIES;
+
+    visit_type_uint32(v, name, &size, errp);
+}
+
+static void dmagate_set_dma_log_size(Object *obj, Visitor *v,
+                                     const char *name, void *opaque,
+                                     Error **errp)
+{
+    uint32_t size;
+
+    if (!visit_type_uint32(v, name, &size, errp)) {
+        return;
+    }
+    if (!dmagate_dmalog_resize(&DMAGATE(obj)->dmalog, size)) {
+        error_setg(errp, "dma-log-size %" PRIu32 ": use %u .. %u entries",
+                   size, DMAGATE_DMALOG_MIN_ENTRIES,
+                   DMAGATE_DMALOG_MAX_ENTRIES);
+    }
+}
+
+static void dmagate_get_dma_log_since(Object *obj, Visitor *v,
+                                      const char *name, void *opaque,
+                                      Error **errp)
+{
+    visit_type_uint64(v, name, &DMAGATE(obj)->dmalog.since, errp);
+}
+
+static void dmagate_set_dma_log_since(Object *obj, Visitor *v,
+                                      const char *name, void *opaque,
+                                      Error **errp)
+{
+    visit_type_uint64(v, name, &DMAGATE(obj)->dmalog.since, errp);
+}
+
 static bool dmagate_get_zero_delay(Object *obj, Error **errp)
 {
     return DMAGATE(obj)->zero_delay;
@@ -2484,8 +2524,19 @@ static void dmagate_class_init(ObjectClass *oc, void *data)
     object_class_property_add(oc, "dma-log", "DmagateDmaAccessList",
                               dmagate_get_dma_log, NULL, NULL, NULL);
     object_class_property_set_description(oc, "dma-log",
-        "the device's last 8192 bus accesses: seq, kind, dir, addr, len, ok, "
-        "time-ns, sq-index");
+        "the device's last dma-log-size bus accesses from dma-log-since on: "
+        "seq, kind, dir, addr, len, ok, time-ns, sq-index");
+    object_class_property_add(oc, "dma-log-size", "uint32",
+                              dmagate_get_dma_log_size,
+                              dmagate_set_dma_log_size, NULL, NULL);
+    object_class_property_set_description(oc, "dma-log-size",
+        "entries the dma-log ring holds (64 .. 1048576, default 8192); "
+        "setting it empties the log");
+    object_class_property_add(oc, "dma-log-since", "uint64",
+                              dmagate_get_dma_log_since,
+                              dmagate_set_dma_log_since, NULL, NULL);
+    object_class_property_set_description(oc, "dma-log-since",
+        "dma-log lists only accesses with this seq or later (default 0)");
     object_class_property_add(oc, "dma-log-lost", "uint64",
                               dmagate_get_dma_log_lost, NULL, NULL, NULL);
     object_class_property_set_description(oc, "dma-log-lost",
