@@ -97,6 +97,12 @@ class _OwnershipTally:
 _VMS_KEY = pytest.StashKey[_TestVMs]()
 _HEALTH_KEY = pytest.StashKey[list[HealthReport]]()
 _OWNERSHIP_KEY = pytest.StashKey[_OwnershipTally]()
+_TABLES_KEY = pytest.StashKey[list[tuple[str, str]]]()
+
+
+def record_table(config: pytest.Config, title: str, text: str) -> None:
+    """A table for the end of the test report (e.g. the fault matrix)."""
+    config.stash.setdefault(_TABLES_KEY, []).append((title, text))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -105,6 +111,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--kernel",
         default=os.environ.get("KERNEL", DEFAULT_FLAVOUR),
         help="guest kernel flavour (KERNEL): 6.12, 6.1 or debug",
+    )
+    group.addoption(
+        "--no-ownership-check",
+        action="store_true",
+        help="skip the ownership check after each VM test (it costs a drain and a "
+             "QMP read per VM)",
     )
     group.addoption(
         "--accel",
@@ -295,7 +307,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             for watch in vms.watches:
                 watch.scans_leaks = True  # the leak it provokes, seen in the test
         item.stash[_HEALTH_KEY] = [w.check() for w in vms.watches] if vms else []
-        if vms:
+        if vms and not item.config.getoption("no_ownership_check"):
             ownership = _ownership_verdict(item, vms)
     verdict = "\n".join(v for v in (judge(_expected(item), item.stash[_HEALTH_KEY]),
                                      ownership) if v)
@@ -305,6 +317,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    for title, text in config.stash.get(_TABLES_KEY, []):
+        terminalreporter.section(title)
+        terminalreporter.write_line(text)
     tally = config.stash.get(_OWNERSHIP_KEY, None)
     if tally and tally.tests:
         terminalreporter.write_line(
