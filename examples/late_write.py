@@ -6,8 +6,10 @@ the program seeing its data change under it (a DMA after completion).
     dmagate boot                       # prints "QMP for scripts: SOCKET"
     python3 examples/late_write.py SOCKET
 
-Today's driver cannot stop this; issue 11 adds a mode (per-transfer IOMMU
-mappings) that can, and then this script shows the write refused.
+The driver cannot stop this with one DMA mapping per buffer (its default,
+dma_map=session); with dma_map=transfer behind an IOMMU in strict mode the
+pages are unmapped at completion and the write is refused
+(tests/vm/test_rogue_device.py shows both).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
     dmagate demo                 boot, show the device, report timings, shut down
     dmagate bench-boot -n N      boot N times; median boot-to-SSH time as JSON
     dmagate bench-device -n N    device FILL throughput (qtest) next to a host memcpy
-    dmagate bench-cycle -n N     submit -> interrupt -> wake -> first touch, 4 KiB and 4 MiB
+    dmagate bench-cycle -n N [--sizes 4K,4M] [--dma-map session|transfer] [--iommu]
+                                 submit -> interrupt -> wake -> first touch
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from dmagate.accel import resolve_accelerator
+from dmagate.bench_cycle import CycleSetup, measure_cycles
 from dmagate.devdriver import Dmagate
 from dmagate.devicefaults import device_faults
 from dmagate.faultcli import add_parser as add_fault_parser
-from dmagate.guesttool import parse_line
 from dmagate.health import HealthWatch
 from dmagate.hwregs import HW
 from dmagate.manifest import Manifest, ManifestError
@@ -183,26 +184,19 @@ def _demo_protocol(vm: VM) -> bool:
 
 def cmd_bench_cycle(args: argparse.Namespace) -> int:
     """Cycle time (submit -> interrupt -> wake -> first touch) in a booted guest,
-    with the device's default timing (1 ms + 1 GB/s) and in zero-delay mode,
-    where what is left is the driver, the guest and TCG."""
-    paths = BuildPaths.discover()
-    results = []
-    with VM(_options(args, name="bench-cycle"), paths) as vm:
-        for zero_delay in (False, True):
-            for size in ("4K", "4M"):
-                with device_faults(vm, **{"zero-delay": zero_delay}):
-                    out = vm.run(f"dmagatectl cycle -s {size} -n {args.cycles}", timeout=600)
-                if out.status != 0:
-                    raise SystemExit(f"dmagate bench-cycle: dmagatectl:\n{out.stdout}{out.stderr}")
-                fields = parse_line(out.stdout)
-                results.append({"size": size, "zero_delay": zero_delay,
-                                **{k: int(v) for k, v in fields.items()
-                                   if k.endswith("_ns") or k == "cycles"}})
-                timing = "zero-delay device" if zero_delay else "device 1 ms + 1 GB/s"
-                median, p90 = int(fields["median_ns"]) / 1000, int(fields["p90_ns"]) / 1000
-                print(f"cycle {size:>2}, {timing:<20}: median {median:6.0f} us, "
-                      f"p90 {p90:6.0f} us over {fields['cycles']} cycles "
-                      f"({vm.accel.name}, kernel {args.kernel})", flush=True)
+    with the device's default timing (1 ms + 1 GB/s) and in zero-delay mode."""
+    setup = CycleSetup(dma_map=args.dma_map, iommu=args.iommu)
+    try:
+        results = measure_cycles(_options(args, name="bench-cycle"), BuildPaths.discover(),
+                                 setup, tuple(args.sizes.split(",")), args.cycles)
+    except RuntimeError as err:
+        raise SystemExit(f"dmagate bench-cycle: {err}") from err
+    for result in results:
+        timing = "zero-delay device" if result["zero_delay"] else "device 1 ms + 1 GB/s"
+        print(f"cycle {result['size']:>4}, {timing:<20}: median "
+              f"{result['median_ns'] / 1000:6.0f} us, p90 {result['p90_ns'] / 1000:6.0f} us "
+              f"over {result['cycles']} cycles ({result['accel']}, kernel {args.kernel}, "
+              f"{setup.describe()})", flush=True)
     text = json.dumps({"kernel": args.kernel, "results": results}, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -307,6 +301,11 @@ def parser() -> argparse.ArgumentParser:
     device.set_defaults(func=cmd_bench_device)
     cycle = sub.add_parser("bench-cycle", help="driver cycle time in a guest, 4 KiB and 4 MiB")
     cycle.add_argument("-n", "--cycles", type=int, default=500)
+    cycle.add_argument("--sizes", default="4K,4M", help="comma-separated buffer sizes")
+    cycle.add_argument("--dma-map", choices=("session", "transfer"), default="session",
+                       help="the driver's dma_map parameter")
+    cycle.add_argument("--iommu", action="store_true",
+                       help="behind intel-iommu with strict invalidation")
     cycle.add_argument("--out", type=Path)
     cycle.set_defaults(func=cmd_bench_cycle)
     return top

@@ -313,8 +313,7 @@ class OwnershipLedger:
             fresh = DeviceLedger(event.epoch)
             if ledger is not None:
                 ledger.close_all()
-                gap_end = event.time if event.time != TIME_UNKNOWN else TIME_UNKNOWN
-                self.gaps[event.dev].append((ledger.last_time, gap_end))
+                self.gaps[event.dev].append((ledger.last_time, event.time))
                 fresh.regions_by_page = ledger.regions_by_page  # freed memory stays known
                 fresh.windows = ledger.windows
             self.devices[event.dev] = ledger = fresh

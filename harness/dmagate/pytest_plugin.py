@@ -134,6 +134,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "stock_kernels_only(reason): deselected on the debug kernel, where the same code "
+        "path runs in another test (its time is better spent there)",
+    )
+    config.addinivalue_line(
+        "markers",
         "expect_ownership_violation(regex): the test makes the device touch memory the "
         "driver had not given it, on purpose",
     )
@@ -144,12 +149,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if VM_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.vm)
-    if config.getoption("kernel") != DEBUG_FLAVOUR:
-        # Not a skip: on a kernel without the checkers these tests mean nothing.
-        unfit = [item for item in items if item.get_closest_marker("debug_kernel")]
-        if unfit:
-            config.hook.pytest_deselected(items=unfit)
-            items[:] = [item for item in items if item not in unfit]
+    # Not skips: on a kernel without the checkers these tests mean nothing;
+    # on the debug kernel, stock-only tests repeat what others run there.
+    debug = config.getoption("kernel") == DEBUG_FLAVOUR
+    unfit = [item for item in items
+             if item.get_closest_marker("stock_kernels_only" if debug else "debug_kernel")]
+    if unfit:
+        config.hook.pytest_deselected(items=unfit)
+        items[:] = [item for item in items if item not in unfit]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

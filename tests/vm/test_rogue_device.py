@@ -112,6 +112,16 @@ def test_late_write_into_given_back_pages_is_caught(vm: VM) -> None:
     assert run["recheck"] == "changed", "the late write never came"
 
 
+@pytest.mark.expect_ownership_violation(r"data (read-)?write.*belongs to the program")
+def test_late_write_is_caught_behind_the_iommu(make_vm: Callable[..., VM]) -> None:
+    # The check compares bus addresses: IOVAs here. One mapping per buffer
+    # leaves the pages mapped, so the IOMMU lets the late write through.
+    guest = make_vm(devices=IOMMU_DEVICES, kernel_args=IOMMU_STRICT)
+    with device_faults(guest, **LATE_WRITE):
+        run = dmagatectl(guest, "xfer transform -s 64K --recheck 400")
+    assert run["recheck"] == "changed", run.describe()
+
+
 def test_late_write_is_refused_with_per_transfer_mappings(make_vm: Callable[..., VM]) -> None:
     guest = make_vm(devices=IOMMU_DEVICES, kernel_args=(*IOMMU_STRICT, "dmagate.noload"))
     guest.run("insmod /lib/modules/dmagate.ko dma_map=transfer", check=True)

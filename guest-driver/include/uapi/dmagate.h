@@ -3,10 +3,12 @@
  * dmagate: the ioctl ABI of /dev/dmagate<N> (docs/driver.md).
  *
  * Every structure starts with its size as the caller compiled it; the
- * driver accepts any size from the first version's up to its own, reads
+ * driver accepts any size from the first version's up to a page, reads
  * only what the caller has, treats missing trailing fields as zero, and
- * refuses non-zero bytes it does not understand (E2BIG). Unknown flags:
- * EINVAL. Reserved fields: must be zero (EINVAL).
+ * refuses non-zero bytes it does not understand and sizes above a page
+ * (E2BIG). Unknown flags: EINVAL. Reserved fields: must be zero (EINVAL).
+ * Commands are decoded whole (direction, type, number, size): a structure
+ * that grows gets a new command.
  */
 #ifndef _UAPI_DMAGATE_H
 #define _UAPI_DMAGATE_H
