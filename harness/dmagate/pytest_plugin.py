@@ -314,8 +314,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             for watch in vms.watches:
                 watch.scans_leaks = True  # the leak it provokes, seen in the test
         item.stash[_HEALTH_KEY] = [w.check() for w in vms.watches] if vms else []
-        if vms and not item.config.getoption("no_ownership_check"):
-            ownership = _ownership_verdict(item, vms)
+    # Only after a body that returned: an interrupted run (SIGINT) must not
+    # wait on a guest that is going away.
+    if vms and not item.config.getoption("no_ownership_check"):
+        ownership = _ownership_verdict(item, vms)
     verdict = "\n".join(v for v in (judge(_expected(item), item.stash[_HEALTH_KEY]),
                                      ownership) if v)
     if verdict:
