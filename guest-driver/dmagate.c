@@ -1591,59 +1591,52 @@ static const struct attribute_group *dmagate_groups[] = {
  * freed only once the device is known to have stopped, never by unbind
  * alone (dmagate_remove() leaks them when the device is wedged).
  */
+static void *dmagate_ring_alloc(struct dmagate_dev *dev, const char *what, size_t size,
+				dma_addr_t *dma)
+{
+	void *ring = dma_alloc_coherent(dmagate_dma_dev(dev), size, dma, GFP_KERNEL);
+
+	if (ring)
+		dmagate_trace_region(dev, true, what, 0, 0, 0, *dma, size);
+	return ring;
+}
+
+static void dmagate_ring_free(struct dmagate_dev *dev, const char *what, size_t size,
+			      void **ring, dma_addr_t dma)
+{
+	if (!*ring)
+		return;
+	dmagate_trace_region(dev, false, what, 0, 0, 0, dma, size);
+	dma_free_coherent(dmagate_dma_dev(dev), size, *ring, dma);
+	*ring = NULL;
+}
+
 static void dmagate_free_rings(struct dmagate_dev *dev)
 {
-	struct device *dma_dev = dmagate_dma_dev(dev);
 	unsigned int i;
 
-	for (i = 0; i < DMAGATE_SQ_ENTRIES; i++) {
-		if (!dev->sgl[i])
-			continue;
-		dmagate_trace_region(dev, false, "sgl", 0, 0, 0, dev->sgl_dma[i],
-				     DMAGATE_SGL_BYTES);
-		dma_free_coherent(dma_dev, DMAGATE_SGL_BYTES, dev->sgl[i], dev->sgl_dma[i]);
-		dev->sgl[i] = NULL;
-	}
-	if (dev->cq) {
-		dmagate_trace_region(dev, false, "cq", 0, 0, 0, dev->cq_dma,
-				     DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE);
-		dma_free_coherent(dma_dev, DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE, dev->cq,
-				  dev->cq_dma);
-		dev->cq = NULL;
-	}
-	if (dev->sq) {
-		dmagate_trace_region(dev, false, "sq", 0, 0, 0, dev->sq_dma,
-				     DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE);
-		dma_free_coherent(dma_dev, DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE, dev->sq,
-				  dev->sq_dma);
-		dev->sq = NULL;
-	}
+	for (i = 0; i < DMAGATE_SQ_ENTRIES; i++)
+		dmagate_ring_free(dev, "sgl", DMAGATE_SGL_BYTES, &dev->sgl[i], dev->sgl_dma[i]);
+	dmagate_ring_free(dev, "cq", DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE, &dev->cq,
+			  dev->cq_dma);
+	dmagate_ring_free(dev, "sq", DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE, &dev->sq,
+			  dev->sq_dma);
 }
 
 static int dmagate_alloc_rings(struct dmagate_dev *dev)
 {
-	struct device *dma_dev = dmagate_dma_dev(dev);
 	unsigned int i;
 
-	dev->sq = dma_alloc_coherent(dma_dev, DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE,
-				     &dev->sq_dma, GFP_KERNEL);
-	if (!dev->sq)
+	dev->sq = dmagate_ring_alloc(dev, "sq", DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE,
+				     &dev->sq_dma);
+	dev->cq = dmagate_ring_alloc(dev, "cq", DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE,
+				     &dev->cq_dma);
+	if (!dev->sq || !dev->cq)
 		goto err_free_rings;
-	dmagate_trace_region(dev, true, "sq", 0, 0, 0, dev->sq_dma,
-			     DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE);
-	dev->cq = dma_alloc_coherent(dma_dev, DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE,
-				     &dev->cq_dma, GFP_KERNEL);
-	if (!dev->cq)
-		goto err_free_rings;
-	dmagate_trace_region(dev, true, "cq", 0, 0, 0, dev->cq_dma,
-			     DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE);
 	for (i = 0; i < DMAGATE_SQ_ENTRIES; i++) {
-		dev->sgl[i] = dma_alloc_coherent(dma_dev, DMAGATE_SGL_BYTES,
-						 &dev->sgl_dma[i], GFP_KERNEL);
+		dev->sgl[i] = dmagate_ring_alloc(dev, "sgl", DMAGATE_SGL_BYTES, &dev->sgl_dma[i]);
 		if (!dev->sgl[i])
 			goto err_free_rings;
-		dmagate_trace_region(dev, true, "sgl", 0, 0, 0, dev->sgl_dma[i],
-				     DMAGATE_SGL_BYTES);
 	}
 	return 0;
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from dmagate.cmdline import IOMMU_DEVICES, IOMMU_STRICT_ARGS
 from dmagate.devicefaults import device_faults
 from dmagate.guesttool import parse_line
 from dmagate.paths import BuildPaths
 from dmagate.vm import VM, VMOptions
-
-IOMMU_DEVICES = ("intel-iommu,intremap=off", "dmagate")
-IOMMU_ARGS = ("intel_iommu=on", "iommu.strict=1")
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ def measure_cycles(options: VMOptions, paths: BuildPaths, setup: CycleSetup,
     """One VM for the setup; a result per (zero_delay, size)."""
     if setup.iommu:
         options = replace(options, devices=IOMMU_DEVICES,
-                          kernel_args=(*options.kernel_args, *IOMMU_ARGS))
+                          kernel_args=(*options.kernel_args, *IOMMU_STRICT_ARGS))
     options = replace(options, kernel_args=(*options.kernel_args, "dmagate.noload"))
     results = []
     with VM(options, paths) as vm:

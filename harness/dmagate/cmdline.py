@@ -29,6 +29,10 @@ FAST_BIOS = "qboot.rom"
 
 
 DMA_LOG_ENTRIES = 65536
+# A dmagate behind intel-iommu with strict invalidation: an unmap takes
+# effect at once (VMOptions devices, kernel_args).
+IOMMU_DEVICES = ("intel-iommu,intremap=off", "dmagate")
+IOMMU_STRICT_ARGS = ("intel_iommu=on", "iommu.strict=1")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from dmagate.cmdline import IOMMU_DEVICES, IOMMU_STRICT_ARGS
 from dmagate.devicefaults import device_faults
 from dmagate.guesttool import (
     EXIT_OK,
@@ -155,8 +156,7 @@ def test_every_interrupt_mode(vm: VM, mode: str) -> None:
 
 
 def test_dma_through_the_iommu(make_vm: Callable[..., VM]) -> None:
-    guest = make_vm(devices=("intel-iommu,intremap=off", "dmagate"),
-                    kernel_args=("intel_iommu=on", "iommu.strict=1"))
+    guest = make_vm(devices=IOMMU_DEVICES, kernel_args=IOMMU_STRICT_ARGS)
     group = guest.run("readlink /sys/class/misc/dmagate0/device/iommu_group").stdout
     assert "iommu_groups" in group, "the device is behind the IOMMU"
     for args in ("xfer fill -s 64M", "xfer checksum -s 4M -o 0x3000 -l 0x12345",

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from dmagate.cmdline import IOMMU_DEVICES, IOMMU_STRICT_ARGS
 from dmagate.devicefaults import device_faults
 from dmagate.guesttool import (
     EXIT_MISMATCH,
@@ -219,8 +220,7 @@ def _rebind(vm: VM, bdf: str) -> None:
 
 
 def _iommu_vm(make_vm: Callable[..., VM]) -> VM:
-    guest = make_vm(devices=("intel-iommu,intremap=off", "dmagate"),
-                    kernel_args=("intel_iommu=on", "iommu.strict=1", "dmagate.noload"))
+    guest = make_vm(devices=IOMMU_DEVICES, kernel_args=(*IOMMU_STRICT_ARGS, "dmagate.noload"))
     guest.run(f"insmod /lib/modules/dmagate.ko dma_map=transfer timeout_ms={WATCHDOG_MS}",
               check=True)
     return guest

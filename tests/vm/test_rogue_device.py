@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from dmagate.cmdline import IOMMU_DEVICES, IOMMU_STRICT_ARGS
 from dmagate.devicefaults import device_faults, dmagate_paths, get_knob
 from dmagate.guesttool import (
     DRIVER_TIMEOUT_MS,
@@ -34,8 +35,6 @@ pytestmark = pytest.mark.vm
 
 ETIMEDOUT = 110
 WATCHDOG_MS = 1000
-IOMMU_DEVICES = ("intel-iommu,intremap=off", "dmagate")
-IOMMU_STRICT = ("intel_iommu=on", "iommu.strict=1")
 LATE_WRITE = {"fault-rules": "late-write:op=transform:times=1",
               "fault-late-write-delay-ns": 100_000_000}
 
@@ -116,14 +115,14 @@ def test_late_write_into_given_back_pages_is_caught(vm: VM) -> None:
 def test_late_write_is_caught_behind_the_iommu(make_vm: Callable[..., VM]) -> None:
     # The check compares bus addresses: IOVAs here. One mapping per buffer
     # leaves the pages mapped, so the IOMMU lets the late write through.
-    guest = make_vm(devices=IOMMU_DEVICES, kernel_args=IOMMU_STRICT)
+    guest = make_vm(devices=IOMMU_DEVICES, kernel_args=IOMMU_STRICT_ARGS)
     with device_faults(guest, **LATE_WRITE):
         run = dmagatectl(guest, "xfer transform -s 64K --recheck 400")
     assert run["recheck"] == "changed", run.describe()
 
 
 def test_late_write_is_refused_with_per_transfer_mappings(make_vm: Callable[..., VM]) -> None:
-    guest = make_vm(devices=IOMMU_DEVICES, kernel_args=(*IOMMU_STRICT, "dmagate.noload"))
+    guest = make_vm(devices=IOMMU_DEVICES, kernel_args=(*IOMMU_STRICT_ARGS, "dmagate.noload"))
     guest.run("insmod /lib/modules/dmagate.ko dma_map=transfer", check=True)
     with device_faults(guest, **LATE_WRITE):
         run = dmagatectl(guest, "xfer transform -s 64K --recheck 400")
