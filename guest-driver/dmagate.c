@@ -18,7 +18,7 @@
  *
  * Locking
  * -------
- *   dev->sessions_lock  mutex: dev->sessions, dev->gone
+ *   dev->sessions_lock  mutex: dev->sessions, dev->leaked, dev->gone
  *   sess->lock          mutex: the session's buffer, sess->inflight,
  *                       sess->done, sess->gone, sess->next_seq
  *   dev->hw_lock        mutex: registers, rings, dev->posted, dev->hw_dead
@@ -45,7 +45,9 @@
  * rings and SG lists are never freed, and the module stays loaded (the
  * session inodes live on its filesystem).  Waiters get EIO.  Wedged
  * devices stay on dmagate_wedged: what they hold is leaked on purpose, and
- * stays reachable (kmemleak does not report it).
+ * stays reachable (kmemleak does not report it).  At remove its mappings
+ * are unmapped but nothing is freed: the DMA API's books close, and behind
+ * an IOMMU the device is fenced off pages it still holds.
  *
  * Every ownership change, and every range of memory handed to the device
  * to address, is a trace event (dmagate_trace.h) stamped with the device's
@@ -175,6 +177,7 @@ struct dmagate_dev {
 
 	struct mutex sessions_lock;	/* see "Locking" above */
 	struct list_head sessions;
+	struct list_head leaked;	/* sessions closed while the device was wedged */
 	bool gone;
 
 	struct mutex hw_lock;		/* see "Locking" above */
@@ -422,6 +425,8 @@ static int dmagate_hw_start(struct dmagate_dev *dev)
 	u32 status;
 
 	memset(dev->cq, 0, DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE);
+	dma_sync_single_for_device(dmagate_dma_dev(dev), dev->cq_dma,
+				   DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE, DMA_TO_DEVICE);
 	dev->sq_tail = 0;
 	dev->cq_head = 0;
 	dev->cq_phase = true;
@@ -542,6 +547,7 @@ static const u8 dmagate_opcodes[] = {
 static void dmagate_hw_post(struct dmagate_dev *dev, struct dmagate_xfer *xfer,
 			    u64 param)
 {
+	struct device *ddev = dmagate_dma_dev(dev);
 	u32 slot = dev->sq_tail;
 	void *desc = dev->sq + slot * DMAGATE_DESC_SIZE;
 	u32 count = dmagate_build_sgl(xfer, dev->sgl[slot]);
@@ -557,11 +563,17 @@ static void dmagate_hw_post(struct dmagate_dev *dev, struct dmagate_xfer *xfer,
 	dmagate_put_le32(desc, DMAGATE_DESC_LENGTH, xfer->length);
 	dmagate_put_le64(desc, DMAGATE_DESC_PARAM, param);
 
+	if (count)
+		dma_sync_single_for_device(ddev, dev->sgl_dma[slot], count * DMAGATE_SG_SIZE,
+					   DMA_TO_DEVICE);
+	dma_sync_single_range_for_device(ddev, dev->sq_dma, slot * DMAGATE_DESC_SIZE,
+					 DMAGATE_DESC_SIZE, DMA_TO_DEVICE);
+
 	xfer->deadline = jiffies + msecs_to_jiffies(max(READ_ONCE(timeout_ms), 1U));
 	list_add_tail(&xfer->posted, &dev->posted);
 	dev->nposted++;
 	dev->sq_tail = (slot + 1) % DMAGATE_SQ_ENTRIES;
-	/* writel() orders the descriptor and SG writes before the doorbell. */
+	/* writel() orders the synced descriptor and SG list before the doorbell. */
 	writel(dev->sq_tail, dev->regs + DMAGATE_REG_SQ_TAIL);
 	dmagate_watchdog_arm(dev);
 }
@@ -595,11 +607,14 @@ static void dmagate_hw_reap(struct dmagate_dev *dev, struct list_head *finished)
 
 	for (;;) {
 		void *cpl = dev->cq + dev->cq_head * DMAGATE_CPL_SIZE;
-		/* The device writes the ring behind our back. */
-		u16 flags = le16_to_cpu(READ_ONCE(*(__le16 *)(cpl + DMAGATE_CPL_FLAGS)));
 		u32 tag, slot;
-		u16 status;
+		u16 status, flags;
 
+		dma_sync_single_range_for_cpu(dmagate_dma_dev(dev), dev->cq_dma,
+					      dev->cq_head * DMAGATE_CPL_SIZE, DMAGATE_CPL_SIZE,
+					      DMA_FROM_DEVICE);
+		/* The device writes the ring behind our back. */
+		flags = le16_to_cpu(READ_ONCE(*(__le16 *)(cpl + DMAGATE_CPL_FLAGS)));
 		if (!!(flags & DMAGATE_CPL_F_PHASE) != dev->cq_phase)
 			break;
 		/* Read the record only after seeing its phase flip. */
@@ -671,8 +686,12 @@ static int dmagate_xfer_map(struct dmagate_xfer *xfer)
 	return 0;
 }
 
-/* Undo dmagate_xfer_map(): this syncs the pages for the CPU. sess->lock held. */
-static void dmagate_xfer_unmap(struct dmagate_xfer *xfer)
+/*
+ * Undo dmagate_xfer_map(): this syncs the pages for the CPU.  @leak: the
+ * device is wedged, its pages stay (and their windows stay open in the
+ * ownership record).  sess->lock held.
+ */
+static void dmagate_xfer_unmap(struct dmagate_xfer *xfer, bool leak)
 {
 	struct dmagate_session *sess = xfer->sess;
 	struct device *dma_dev = dmagate_dma_dev(sess->dev);
@@ -681,6 +700,8 @@ static void dmagate_xfer_unmap(struct dmagate_xfer *xfer)
 	while (xfer->nmaps) {
 		map = &xfer->maps[--xfer->nmaps];
 		dma_unmap_page(dma_dev, map->addr, map->len, xfer->dir);
+		if (leak)
+			continue;
 		dmagate_trace_region(sess->dev, false, "buffer", sess->id, xfer->rec.seq,
 				     ((u64)map->idx << (PAGE_SHIFT + sess->chunk_order)) + map->in,
 				     map->addr, map->len);
@@ -698,7 +719,7 @@ static void dmagate_xfer_finish(struct dmagate_xfer *xfer)
 
 	mutex_lock(&sess->lock);
 	if (xfer->maps)
-		dmagate_xfer_unmap(xfer);
+		dmagate_xfer_unmap(xfer, false);
 	else if (sess->dma_mapped)
 		dmagate_sync(xfer, false);
 	dmagate_trace_owner(xfer, false);
@@ -870,7 +891,8 @@ static void dmagate_watchdog(struct work_struct *work)
 
 /* ---- The buffer --------------------------------------------------------- */
 
-static void dmagate_buffer_unmap(struct dmagate_session *sess)
+/* Unmap the buffer; @leak as for dmagate_xfer_unmap(). sess->lock held. */
+static void dmagate_buffer_unmap(struct dmagate_session *sess, bool leak)
 {
 	struct device *dma_dev = dmagate_dma_dev(sess->dev);
 	unsigned int i;
@@ -881,6 +903,8 @@ static void dmagate_buffer_unmap(struct dmagate_session *sess)
 	for (i = 0; i < sess->nchunks; i++) {
 		dma_unmap_page(dma_dev, sess->chunk_dma[i],
 			       PAGE_SIZE << sess->chunk_order, DMA_BIDIRECTIONAL);
+		if (leak)
+			continue;
 		dmagate_trace_region(sess->dev, false, "buffer", sess->id, 0,
 				     (u64)i << (PAGE_SHIFT + sess->chunk_order),
 				     sess->chunk_dma[i], PAGE_SIZE << sess->chunk_order);
@@ -888,11 +912,25 @@ static void dmagate_buffer_unmap(struct dmagate_session *sess)
 	sess->dma_mapped = false;
 }
 
+/*
+ * The device is wedged and being removed: close the DMA API's books on the
+ * session's mappings (behind an IOMMU this fences the device off them) and
+ * free nothing.  sess->lock held.
+ */
+static void dmagate_session_leak(struct dmagate_session *sess)
+{
+	struct dmagate_xfer *xfer;
+
+	list_for_each_entry(xfer, &sess->inflight, node)
+		dmagate_xfer_unmap(xfer, true);
+	dmagate_buffer_unmap(sess, true);
+}
+
 static void dmagate_buffer_free(struct dmagate_session *sess)
 {
 	unsigned int i;
 
-	dmagate_buffer_unmap(sess);
+	dmagate_buffer_unmap(sess, false);
 	for (i = 0; i < sess->nchunks; i++)
 		__free_pages(sess->chunks[i], sess->chunk_order);
 	kfree(sess->chunk_dma);
@@ -1217,7 +1255,7 @@ static int dmagate_submit_locked(struct dmagate_session *sess, struct dmagate_xf
 
 err_give_back:
 	/* Never posted: the next touch maps the pages again. */
-	dmagate_xfer_unmap(xfer);
+	dmagate_xfer_unmap(xfer, false);
 	dmagate_trace_owner(xfer, false);
 	list_del(&xfer->node);
 	sess->next_seq--;
@@ -1505,13 +1543,15 @@ static int dmagate_release(struct inode *inode, struct file *file)
 	/* Under sessions_lock, so that remove() either sees it or is done with it. */
 	mutex_lock(&dev->sessions_lock);
 	mutex_lock(&sess->lock);
-	if (list_empty(&sess->inflight))
-		dmagate_buffer_unmap(sess);
-	else
+	if (list_empty(&sess->inflight)) {
+		dmagate_buffer_unmap(sess, false);
+		list_del(&sess->node);
+	} else {
 		dev_crit(&dev->pdev->dev,
 			 "leaking a buffer a device that would not stop may still write\n");
+		list_move(&sess->node, &dev->leaked);	/* for remove() to unmap */
+	}
 	mutex_unlock(&sess->lock);
-	list_del(&sess->node);
 	mutex_unlock(&dev->sessions_lock);
 
 	dmagate_session_put(sess);
@@ -1589,38 +1629,56 @@ static const struct attribute_group *dmagate_groups[] = {
 /*
  * The rings and SG lists are not managed (devres) allocations: they are
  * freed only once the device is known to have stopped, never by unbind
- * alone (dmagate_remove() leaks them when the device is wedged).
+ * alone.  Each is a streaming mapping of pages of its own, not a coherent
+ * allocation, so that a wedged device's can be unmapped without being
+ * freed: the DMA API's books close, an IOMMU fences the device off them,
+ * and the pages are leaked.
  */
 static void *dmagate_ring_alloc(struct dmagate_dev *dev, const char *what, size_t size,
 				dma_addr_t *dma)
 {
-	void *ring = dma_alloc_coherent(dmagate_dma_dev(dev), size, dma, GFP_KERNEL);
+	struct device *dma_dev = dmagate_dma_dev(dev);
+	void *ring = alloc_pages_exact(size, GFP_KERNEL | __GFP_ZERO);
 
-	if (ring)
-		dmagate_trace_region(dev, true, what, 0, 0, 0, *dma, size);
+	if (!ring)
+		return NULL;
+	*dma = dma_map_single(dma_dev, ring, size, DMA_BIDIRECTIONAL);
+	if (dma_mapping_error(dma_dev, *dma)) {
+		free_pages_exact(ring, size);
+		return NULL;
+	}
+	dmagate_trace_region(dev, true, what, 0, 0, 0, *dma, size);
 	return ring;
 }
 
+/*
+ * Unmap a ring; free it too unless @leak.  A leaked ring keeps its window
+ * in the ownership record (no unmap event): its pages are never reused.
+ */
 static void dmagate_ring_free(struct dmagate_dev *dev, const char *what, size_t size,
-			      void **ring, dma_addr_t dma)
+			      void **ring, dma_addr_t dma, bool leak)
 {
 	if (!*ring)
 		return;
-	dmagate_trace_region(dev, false, what, 0, 0, 0, dma, size);
-	dma_free_coherent(dmagate_dma_dev(dev), size, *ring, dma);
+	dma_unmap_single(dmagate_dma_dev(dev), dma, size, DMA_BIDIRECTIONAL);
+	if (!leak) {
+		dmagate_trace_region(dev, false, what, 0, 0, 0, dma, size);
+		free_pages_exact(*ring, size);
+	}
 	*ring = NULL;
 }
 
-static void dmagate_free_rings(struct dmagate_dev *dev)
+static void dmagate_free_rings(struct dmagate_dev *dev, bool leak)
 {
 	unsigned int i;
 
 	for (i = 0; i < DMAGATE_SQ_ENTRIES; i++)
-		dmagate_ring_free(dev, "sgl", DMAGATE_SGL_BYTES, &dev->sgl[i], dev->sgl_dma[i]);
+		dmagate_ring_free(dev, "sgl", DMAGATE_SGL_BYTES, &dev->sgl[i], dev->sgl_dma[i],
+				  leak);
 	dmagate_ring_free(dev, "cq", DMAGATE_CQ_ENTRIES * DMAGATE_CPL_SIZE, &dev->cq,
-			  dev->cq_dma);
+			  dev->cq_dma, leak);
 	dmagate_ring_free(dev, "sq", DMAGATE_SQ_ENTRIES * DMAGATE_DESC_SIZE, &dev->sq,
-			  dev->sq_dma);
+			  dev->sq_dma, leak);
 }
 
 static int dmagate_alloc_rings(struct dmagate_dev *dev)
@@ -1641,7 +1699,7 @@ static int dmagate_alloc_rings(struct dmagate_dev *dev)
 	return 0;
 
 err_free_rings:
-	dmagate_free_rings(dev);	/* the device was not told of any yet */
+	dmagate_free_rings(dev, false);	/* the device was not told of any yet */
 	return -ENOMEM;
 }
 
@@ -1732,6 +1790,7 @@ static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&dev->hw_lock);
 	spin_lock_init(&dev->time_lock);
 	INIT_LIST_HEAD(&dev->sessions);
+	INIT_LIST_HEAD(&dev->leaked);
 	INIT_LIST_HEAD(&dev->posted);
 	INIT_DELAYED_WORK(&dev->watchdog, dmagate_watchdog);
 	INIT_WORK(&dev->remove_work, dmagate_remove_work);
@@ -1818,8 +1877,7 @@ err_stop_device:
 err_free_rings:
 	if (keep_rings)
 		dev_crit(&pdev->dev, "device did not stop: leaking its rings\n");
-	else
-		dmagate_free_rings(dev);
+	dmagate_free_rings(dev, keep_rings);
 err_put_dev:
 	dmagate_dev_put(dev);
 	return ret;
@@ -1875,16 +1933,22 @@ static void dmagate_remove(struct pci_dev *pdev)
 	mutex_lock(&dev->sessions_lock);
 	list_for_each_entry(sess, &dev->sessions, node) {
 		mutex_lock(&sess->lock);
-		if (list_empty(&sess->inflight))
-			dmagate_buffer_unmap(sess);
+		if (!stopped)
+			dmagate_session_leak(sess);
+		else if (list_empty(&sess->inflight))
+			dmagate_buffer_unmap(sess, false);
 		atomic_inc(&sess->events);
 		mutex_unlock(&sess->lock);
 		wake_up_poll(&sess->wq, EPOLLHUP);
 	}
+	list_for_each_entry(sess, &dev->leaked, node) {
+		mutex_lock(&sess->lock);
+		dmagate_session_leak(sess);
+		mutex_unlock(&sess->lock);
+	}
 	mutex_unlock(&dev->sessions_lock);
 
-	if (stopped)
-		dmagate_free_rings(dev);
+	dmagate_free_rings(dev, !stopped);
 	ida_free(&dmagate_ida, dev->id);
 	dev_info(&pdev->dev, "removed\n");
 	dmagate_dev_put(dev);

@@ -70,6 +70,9 @@ class Fault:
     # A close while it is pending would let it land in pages the close freed:
     # that cell runs behind an IOMMU with dma_map=transfer (docs/driver.md).
     close_needs_iommu: bool = False
+    # Fires only on a device that has taken a descriptor since its last
+    # reset (wrong-tag names the previous one's tag): one runs first.
+    needs_history: bool = False
 
 
 FAULTS: dict[str, Fault] = {
@@ -85,7 +88,7 @@ FAULTS: dict[str, Fault] = {
     "stray-write": Fault({"fault-stray-write": 1}, "ok", breaks_ownership=True),
     "delayed-irq": Fault({"fault-delayed-irq": 1, "fault-irq-delay-ns": 300_000_000}, "ok"),
     "out-of-order": Fault({"fault-out-of-order": 1}, "ok", successor=True),
-    "wrong-tag": Fault({"fault-wrong-tag": 1}, "ETIMEDOUT"),
+    "wrong-tag": Fault({"fault-wrong-tag": 1}, "ETIMEDOUT", needs_history=True),
     "ignore-reset": Fault({"fault-ignore-reset": "both", "fault-stall": 1}, "EIO",
                           takes_device=True),
     "dead": Fault({"fault-dead": True}, "ENODEV", takes_device=True),
@@ -196,11 +199,13 @@ def _run_close(vm: VM) -> str:
 
 
 def _run_unbind(vm: VM, bdf: str) -> str:
-    vm.run(f"setsid dmagatectl wait-hup {TRANSFER} > /tmp/hup.out 2>&1 < /dev/null &",
-           check=True)
-    wait_for(vm, "cat /tmp/hup.out", r"^submitted", 20)
-    vm.run(f"echo {bdf} > /sys/bus/pci/drivers/dmagate/unbind", check=True)
+    # The unbind follows the submission inside the guest: an SSH round trip
+    # on the debug kernel can outlast the transfer's latency.
+    vm.run(f"setsid dmagatectl wait-hup {TRANSFER} > /tmp/hup.out 2>&1 < /dev/null & "
+           "for i in $(seq 3000); do grep -q ^submitted /tmp/hup.out && break; sleep 0.01; "
+           f"done; echo {bdf} > /sys/bus/pci/drivers/dmagate/unbind", check=True, timeout=60)
     out = wait_for(vm, "cat /tmp/hup.out", r"^close=", 30)
+    assert "submitted" in out, out
     records = [line for line in out.splitlines() if line.startswith("record ")]
     if not records:
         return "held"
@@ -235,6 +240,9 @@ def test_cell(request: pytest.FixtureRequest, matrix: Matrix, make_vm: Callable[
     else:
         vm = request.getfixturevalue("bench_vm")
     bdf = vm.run("ls /sys/bus/pci/drivers/dmagate | grep : | head -1", check=True).stdout.strip()
+    if fault.needs_history:
+        first = dmagatectl(vm, "xfer fill -s 4K")
+        assert first.status == 0, first.describe()
     started = time.monotonic()
     with device_faults(vm, **{"latency-ns": LATENCY_NS, **fault.knobs}):
         if state == "idle":
