@@ -39,7 +39,11 @@ def test_no_qemu_survives_pytest(
     output = tmp_path / "child-pytest.log"
     env = dict(os.environ, DMAGATE_HOLDER_PIDFILE=str(pidfile))
     child = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HOLDER),
+        # SIGINT at its default: a shell starts background jobs with it
+        # ignored, and a Python started so never turns it into
+        # KeyboardInterrupt (CI launched that way timed out here).
+        ["env", "--default-signal=INT", sys.executable, "-m", "pytest", "-q", "-p",
+         "no:cacheprovider", str(HOLDER),
          "--kernel", dmagate_bench.flavour, "--accel", dmagate_bench.accelerator.name],
         cwd=dmagate_bench.paths.root,
         env=env,
