@@ -100,10 +100,8 @@ test: lint qemu ## everything: lint, unit, device (plain, then ASan/UBSan), VM t
 		$(MAKE) --no-print-directory vm-test KERNEL=$$k; done
 	@$(MAKE) --no-print-directory examples KERNEL=$(firstword $(TEST_KERNELS))
 
-bench: image ## benchmarks: boot to SSH, device DMA throughput, driver cycle time -> build/bench/
-	@$(DMAGATE) --kernel $(KERNEL) bench-boot -n 5 --out $(BUILD)/bench/boot-$(KERNEL).json
-	@$(DMAGATE) bench-device -n 5 --out $(BUILD)/bench/device-fill.json
-	@$(DMAGATE) --kernel $(KERNEL) bench-cycle -n 500 --out $(BUILD)/bench/cycle-$(KERNEL).json
+bench: image ## boot vs its floor, device vs host memcpy/CRC-32, the cycle vs no protection and mprotect -> build/bench/ (JSON, PNG)
+	@$(DMAGATE) --kernel $(KERNEL) bench --out $(BUILD)/bench
 
 clean: ## remove build/ (the download and QEMU caches in ~/.cache/dmagate stay)
 	rm -rf $(BUILD)

@@ -54,7 +54,9 @@
  * clock, so that a test can check the device's own DMA log against it.
  */
 
+#include <linux/debugfs.h>
 #include <linux/dma-mapping.h>
+#include <linux/huge_mm.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
 #include <linux/interrupt.h>
@@ -63,6 +65,7 @@
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/pfn_t.h>
 #include <linux/mount.h>
 #include <linux/pci.h>
 #include <linux/poll.h>
@@ -91,6 +94,16 @@
 #define DMAGATE_SGL_BYTES	(DMAGATE_MAX_SEGMENTS * DMAGATE_SG_SIZE)
 /* Buffers are made of chunks of up to 64 KiB: few SG entries, easy pages. */
 #define DMAGATE_CHUNK_ORDER	4
+/*
+ * Where the kernel maps PFNs with PMD entries (6.12 on), a buffer of whole
+ * 2 MiB is made of 2 MiB chunks if memory allows: one fault and one entry
+ * re-grant 2 MiB.
+ */
+#ifdef CONFIG_ARCH_SUPPORTS_PMD_PFNMAP
+#define DMAGATE_HUGE_ORDER	PMD_ORDER
+#else
+#define DMAGATE_HUGE_ORDER	0
+#endif
 /* Pages one fault maps at most (2 MiB): bounded time under sess->lock. */
 #define DMAGATE_FAULT_PAGES	512
 /*
@@ -153,6 +166,15 @@ static atomic64_t dmagate_trace_seq = ATOMIC64_INIT(0);
 static atomic_t dmagate_session_ids = ATOMIC_INIT(0);
 static LIST_HEAD(dmagate_wedged);
 static DEFINE_MUTEX(dmagate_wedged_lock);
+static struct dentry *dmagate_debugfs;	/* /sys/kernel/debug/dmagate/ */
+/*
+ * Benchmarks only (debugfs unsafe_no_revoke, off by default): SUBMIT
+ * leaves the program its pages and a fault maps device-owned pages, so
+ * that a program can touch memory the device is writing.  The floor the
+ * protocol's cost is measured against, and the base of the program-side
+ * alternative (mprotect around each transfer).
+ */
+static bool dmagate_unsafe_no_revoke;
 
 struct dmagate_stats {
 	atomic64_t submits;
@@ -162,6 +184,21 @@ struct dmagate_stats {
 	atomic64_t revocations;
 	atomic64_t faults;
 	atomic64_t sigbus;
+};
+
+/*
+ * Where the last SUBMIT's cycle went, for benchmarks (debugfs last_cycle):
+ * CLOCK_MONOTONIC stamps and the time faults took since that SUBMIT.
+ */
+struct dmagate_cycle_stamps {
+	atomic64_t zap_ns;		/* unmap_mapping_range() in SUBMIT */
+	atomic64_t doorbell_ns;		/* the doorbell write */
+	atomic64_t irq_ns;		/* the last hard interrupt */
+	atomic64_t finish_ns;		/* the waiters woken */
+	atomic64_t fault_ns;		/* in the fault handler */
+	atomic64_t map_ns;		/* of that, inserting page-table entries */
+	atomic64_t faults;
+	atomic64_t pmds;		/* of those, mapped with one PMD entry */
 };
 
 struct dmagate_dev {
@@ -178,6 +215,8 @@ struct dmagate_dev {
 	struct mutex sessions_lock;	/* see "Locking" above */
 	struct list_head sessions;
 	struct list_head leaked;	/* sessions closed while the device was wedged */
+	struct dentry *debugfs;		/* /sys/kernel/debug/dmagate/dmagate<N>/ */
+	struct dmagate_cycle_stamps cycle;
 	bool gone;
 
 	struct mutex hw_lock;		/* see "Locking" above */
@@ -574,6 +613,7 @@ static void dmagate_hw_post(struct dmagate_dev *dev, struct dmagate_xfer *xfer,
 	dev->nposted++;
 	dev->sq_tail = (slot + 1) % DMAGATE_SQ_ENTRIES;
 	/* writel() orders the synced descriptor and SG list before the doorbell. */
+	atomic64_set(&dev->cycle.doorbell_ns, ktime_get_ns());
 	writel(dev->sq_tail, dev->regs + DMAGATE_REG_SQ_TAIL);
 	dmagate_watchdog_arm(dev);
 }
@@ -734,6 +774,7 @@ static void dmagate_xfer_finish(struct dmagate_xfer *xfer)
 		atomic64_inc(&stats->errors);
 	if (error == -ETIMEDOUT)
 		atomic64_inc(&stats->timeouts);
+	atomic64_set(&sess->dev->cycle.finish_ns, ktime_get_ns());
 	wake_up_poll(&sess->wq, EPOLLIN | EPOLLRDNORM | (error ? EPOLLERR : 0));
 	/* The transfer's reference: the session may go now. */
 	dmagate_session_put(sess);
@@ -758,6 +799,7 @@ static irqreturn_t dmagate_irq(int irq, void *data)
 	struct dmagate_dev *dev = data;
 	u32 status = readl(dev->regs + DMAGATE_REG_INT_STATUS);
 
+	atomic64_set(&dev->cycle.irq_ns, ktime_get_ns());
 	if (!status || status == U32_MAX)
 		return dev->irq_mode == DMAGATE_IRQ_INTX ? IRQ_NONE : IRQ_WAKE_THREAD;
 	writel(status, dev->regs + DMAGATE_REG_INT_ACK);
@@ -1000,8 +1042,8 @@ err_free_chunk_array:
 }
 
 /*
- * Chunks of 64 KiB where memory allows, never so small that a transfer
- * needs more than DMAGATE_MAX_SEGMENTS SG entries.
+ * Chunks of 2 MiB (PMD-mappable) or 64 KiB where memory allows, never so
+ * small that a transfer needs more than DMAGATE_MAX_SEGMENTS SG entries.
  */
 static int dmagate_buffer_alloc(struct dmagate_session *sess, u64 length)
 {
@@ -1011,6 +1053,10 @@ static int dmagate_buffer_alloc(struct dmagate_session *sess, u64 length)
 				   min_t(unsigned int, DMAGATE_CHUNK_ORDER, ilog2(npages)));
 	int ret;
 
+	if (DMAGATE_HUGE_ORDER && IS_ALIGNED(npages, 1UL << DMAGATE_HUGE_ORDER) &&
+	    !dmagate_chunks_alloc(sess, npages >> DMAGATE_HUGE_ORDER, DMAGATE_HUGE_ORDER))
+		goto out_allocated;
+
 	for (;; order--) {
 		ret = dmagate_chunks_alloc(sess, DIV_ROUND_UP(npages, 1UL << order), order);
 		if (!ret || order == min_order)
@@ -1018,6 +1064,7 @@ static int dmagate_buffer_alloc(struct dmagate_session *sess, u64 length)
 	}
 	if (ret)
 		return ret;
+out_allocated:
 	sess->length = length;
 	sess->npages = npages;
 	return 0;
@@ -1054,20 +1101,57 @@ static bool dmagate_owned_run(struct dmagate_session *sess, pgoff_t pgoff,
 	return true;
 }
 
+struct dmagate_regrant {
+	struct dmagate_session *sess;
+	struct vm_area_struct *vma;
+	unsigned long start;		/* the address of file page @first */
+	pgoff_t first;
+};
+
+/* apply_to_page_range() callback: map one program-owned page, PTE lock held. */
+static int dmagate_regrant_pte(pte_t *pte, unsigned long addr, void *data)
+{
+	struct dmagate_regrant *r = data;
+	pgoff_t pgoff = r->first + ((addr - r->start) >> PAGE_SHIFT);
+
+	if (pte_none(ptep_get(pte)))
+		set_pte_at(r->vma->vm_mm, addr, pte,
+			   pte_mkspecial(pfn_pte(dmagate_pfn(r->sess, pgoff),
+						 r->vma->vm_page_prot)));
+	return 0;
+}
+
 static vm_fault_t dmagate_vm_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct dmagate_session *sess = vma->vm_private_data;
+	struct dmagate_cycle_stamps *cycle = &sess->dev->cycle;
 	pgoff_t vma_first = vma->vm_pgoff, vma_last = vma_first + vma_pages(vma);
+	struct dmagate_regrant regrant;
 	pgoff_t first, last, pgoff;
 	vm_fault_t ret = VM_FAULT_SIGBUS;
+	u64 start = ktime_get_ns(), mapped;
 
 	mutex_lock(&sess->lock);
-	if (sess->gone || vmf->pgoff >= sess->npages ||
-	    !dmagate_owned_run(sess, vmf->pgoff, &first, &last)) {
+	if (sess->gone || vmf->pgoff >= sess->npages) {
 		atomic64_inc(&sess->dev->stats.sigbus);
 		goto out_unlock;
 	}
+	if (READ_ONCE(dmagate_unsafe_no_revoke)) {
+		first = 0;
+		last = sess->npages;
+	} else if (!dmagate_owned_run(sess, vmf->pgoff, &first, &last)) {
+		atomic64_inc(&sess->dev->stats.sigbus);
+		goto out_unlock;
+	}
+#ifdef CONFIG_ARCH_SUPPORTS_PMD_PFNMAP
+	/* Mapped whole (one PMD entry) since the core looked: done. */
+	if (pmd_leaf(pmdp_get_lockless(vmf->pmd))) {
+		ret = VM_FAULT_NOPAGE;
+		goto out_unlock;
+	}
+#endif
+	mapped = ktime_get_ns();
 	ret = vmf_insert_pfn(vma, vmf->address & PAGE_MASK, dmagate_pfn(sess, vmf->pgoff));
 	if (ret & VM_FAULT_ERROR)
 		goto out_unlock;
@@ -1075,25 +1159,85 @@ static vm_fault_t dmagate_vm_fault(struct vm_fault *vmf)
 	 * Then up to DMAGATE_FAULT_PAGES of the run around it, the pages after
 	 * it first: a re-granted range costs few faults, and the time this
 	 * holds sess->lock (which SUBMIT and re-grants take) stays bounded.
+	 * In one walk of the page tables, as i915's remap_io_mapping() does
+	 * (vmf_insert_pfn() walks and locks them again for every page).
 	 */
 	last = min3(last, vma_last, vmf->pgoff + DMAGATE_FAULT_PAGES);
 	first = max3(first, vma_first, last > DMAGATE_FAULT_PAGES ?
 		     last - DMAGATE_FAULT_PAGES : 0);
-	for (pgoff = first; pgoff < last; pgoff++) {
-		if (pgoff == vmf->pgoff)
-			continue;
-		if (vmf_insert_pfn(vma, vma->vm_start + ((pgoff - vma_first) << PAGE_SHIFT),
-				   dmagate_pfn(sess, pgoff)) & VM_FAULT_ERROR)
-			break;	/* the touched page is in: the rest can fault later */
+	if (DMAGATE_HUGE_ORDER && sess->chunk_order >= DMAGATE_HUGE_ORDER) {
+		/*
+		 * A neighbouring 2 MiB may be one PMD entry, which the walk must
+		 * not meet: stay in the touched page's.
+		 */
+		pgoff = vmf->pgoff - ((vmf->address & ~PMD_MASK) >> PAGE_SHIFT);
+		first = max(first, pgoff);
+		last = min(last, pgoff + PTRS_PER_PMD);
 	}
+	regrant.sess = sess;
+	regrant.vma = vma;
+	regrant.first = first;
+	regrant.start = vma->vm_start + ((first - vma_first) << PAGE_SHIFT);
+	/* On failure (no memory for a page table) the rest can fault later. */
+	apply_to_page_range(vma->vm_mm, regrant.start, (last - first) << PAGE_SHIFT,
+			    dmagate_regrant_pte, &regrant);
+	atomic64_add(ktime_get_ns() - mapped, &cycle->map_ns);
 	atomic64_inc(&sess->dev->stats.faults);
+out_unlock:
+	mutex_unlock(&sess->lock);
+	atomic64_add(ktime_get_ns() - start, &cycle->fault_ns);
+	atomic64_inc(&cycle->faults);
+	return ret;
+}
+
+#ifdef CONFIG_ARCH_SUPPORTS_PMD_PFNMAP
+/*
+ * A fault in a 2 MiB stretch of one chunk that the program owns whole and
+ * the VMA covers: one PMD entry maps it.  Anything else falls back to
+ * dmagate_vm_fault() and its PTEs.
+ */
+static vm_fault_t dmagate_vm_huge_fault(struct vm_fault *vmf, unsigned int order)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct dmagate_session *sess = vma->vm_private_data;
+	struct dmagate_cycle_stamps *cycle = &sess->dev->cycle;
+	unsigned long addr = vmf->address & PMD_MASK;
+	pgoff_t pgoff = vma->vm_pgoff + ((addr - vma->vm_start) >> PAGE_SHIFT);
+	vm_fault_t ret = VM_FAULT_FALLBACK;
+	u64 start = ktime_get_ns();
+	pgoff_t first, last;
+
+	if (order != PMD_ORDER || addr < vma->vm_start || addr + PMD_SIZE > vma->vm_end ||
+	    !IS_ALIGNED(pgoff, 1UL << PMD_ORDER))
+		return VM_FAULT_FALLBACK;
+	mutex_lock(&sess->lock);
+	if (sess->gone || sess->chunk_order < PMD_ORDER ||
+	    pgoff + (1UL << PMD_ORDER) > sess->npages)
+		goto out_unlock;
+	if (!READ_ONCE(dmagate_unsafe_no_revoke) &&
+	    (!dmagate_owned_run(sess, pgoff, &first, &last) ||
+	     last < pgoff + (1UL << PMD_ORDER)))
+		goto out_unlock;
+	ret = vmf_insert_pfn_pmd(vmf, pfn_to_pfn_t(dmagate_pfn(sess, pgoff)),
+				 vmf->flags & FAULT_FLAG_WRITE);
+	atomic64_add(ktime_get_ns() - start, &cycle->map_ns);
+	atomic64_add(ktime_get_ns() - start, &cycle->fault_ns);
+	atomic64_inc(&cycle->faults);
+	if (!(ret & VM_FAULT_ERROR)) {
+		atomic64_inc(&sess->dev->stats.faults);
+		atomic64_inc(&cycle->pmds);
+	}
 out_unlock:
 	mutex_unlock(&sess->lock);
 	return ret;
 }
+#endif
 
 static const struct vm_operations_struct dmagate_vm_ops = {
 	.fault = dmagate_vm_fault,
+#ifdef CONFIG_ARCH_SUPPORTS_PMD_PFNMAP
+	.huge_fault = dmagate_vm_huge_fault,
+#endif
 };
 
 static int dmagate_mmap(struct file *file, struct vm_area_struct *vma)
@@ -1206,6 +1350,29 @@ static bool dmagate_overlaps(struct dmagate_session *sess, pgoff_t first, pgoff_
  * is marked device-owned and unmapped under sess->lock, which the fault
  * handler takes too, so no fault can map a page between the two.
  */
+/* Take a transfer's pages away from every mapping of the session. */
+static void dmagate_revoke(struct dmagate_xfer *xfer)
+{
+	struct dmagate_session *sess = xfer->sess;
+	struct dmagate_dev *dev = sess->dev;
+	u64 start = ktime_get_ns();
+
+	atomic64_set(&dev->cycle.fault_ns, 0);
+	atomic64_set(&dev->cycle.map_ns, 0);
+	atomic64_set(&dev->cycle.faults, 0);
+	atomic64_set(&dev->cycle.pmds, 0);
+	if (READ_ONCE(dmagate_unsafe_no_revoke)) {
+		dev_warn_once(&dev->pdev->dev,
+			      "unsafe_no_revoke: programs keep their pages during DMA (benchmarks only)\n");
+		atomic64_set(&dev->cycle.zap_ns, 0);
+		return;
+	}
+	unmap_mapping_range(sess->inode->i_mapping, (loff_t)xfer->first << PAGE_SHIFT,
+			    (loff_t)(xfer->last - xfer->first) << PAGE_SHIFT, 1);
+	atomic64_set(&dev->cycle.zap_ns, ktime_get_ns() - start);
+	atomic64_inc(&dev->stats.revocations);
+}
+
 static int dmagate_submit_locked(struct dmagate_session *sess, struct dmagate_xfer *xfer,
 				 u64 param, u64 *seq)
 {
@@ -1234,9 +1401,7 @@ static int dmagate_submit_locked(struct dmagate_session *sess, struct dmagate_xf
 	}
 	xfer->rec.seq = ++sess->next_seq;
 	list_add_tail(&xfer->node, &sess->inflight);
-	unmap_mapping_range(sess->inode->i_mapping, (loff_t)xfer->first << PAGE_SHIFT,
-			    (loff_t)(xfer->last - xfer->first) << PAGE_SHIFT, 1);
-	atomic64_inc(&dev->stats.revocations);
+	dmagate_revoke(xfer);
 	dmagate_trace_owner(xfer, true);
 	if (dmagate_map_per_xfer) {
 		ret = dmagate_xfer_map(xfer);
@@ -1565,9 +1730,26 @@ static const struct file_operations dmagate_fops = {
 	.read = dmagate_read,
 	.poll = dmagate_poll,
 	.mmap = dmagate_mmap,
+	/* 2 MiB-aligned addresses for mappings that long: PMD entries fit. */
+	.get_unmapped_area = thp_get_unmapped_area,
 	.unlocked_ioctl = dmagate_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
 };
+
+/* ---- debugfs: /sys/kernel/debug/dmagate/ (benchmarks) ------------------- */
+
+static int dmagate_last_cycle_show(struct seq_file *m, void *unused)
+{
+	struct dmagate_cycle_stamps *cycle = &((struct dmagate_dev *)m->private)->cycle;
+
+	seq_printf(m, "zap_ns=%lld doorbell_ns=%lld irq_ns=%lld finish_ns=%lld fault_ns=%lld map_ns=%lld faults=%lld pmds=%lld\n",
+		   atomic64_read(&cycle->zap_ns), atomic64_read(&cycle->doorbell_ns),
+		   atomic64_read(&cycle->irq_ns), atomic64_read(&cycle->finish_ns),
+		   atomic64_read(&cycle->fault_ns), atomic64_read(&cycle->map_ns),
+		   atomic64_read(&cycle->faults), atomic64_read(&cycle->pmds));
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(dmagate_last_cycle);
 
 /* ---- sysfs statistics: /sys/class/misc/dmagate<N>/stats/ --------------- */
 
@@ -1862,6 +2044,8 @@ static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_free_irqs;
 	}
 	pci_set_drvdata(pdev, dev);
+	dev->debugfs = debugfs_create_dir(dev->name, dmagate_debugfs);
+	debugfs_create_file("last_cycle", 0400, dev->debugfs, dev, &dmagate_last_cycle_fops);
 	dev_info(&pdev->dev, "bound, device version %u.%u\n",
 		 dev->version >> 16, dev->version & 0xffff);
 	dev_info(&pdev->dev, "/dev/%s, %s interrupts\n", dev->name,
@@ -1897,6 +2081,7 @@ static void dmagate_remove(struct pci_dev *pdev)
 	bool stopped;
 
 	misc_deregister(&dev->misc);
+	debugfs_remove_recursive(dev->debugfs);
 
 	mutex_lock(&dev->sessions_lock);
 	dev->gone = true;
@@ -2043,12 +2228,15 @@ static int __init dmagate_init(void)
 		goto err_destroy_wq;
 	}
 	dmagate_trace_start();
+	dmagate_debugfs = debugfs_create_dir(DRV_NAME, NULL);
+	debugfs_create_bool("unsafe_no_revoke", 0600, dmagate_debugfs, &dmagate_unsafe_no_revoke);
 	ret = pci_register_driver(&dmagate_driver);
 	if (ret)
-		goto err_stop_trace;
+		goto err_remove_debugfs;
 	return 0;
 
-err_stop_trace:
+err_remove_debugfs:
+	debugfs_remove_recursive(dmagate_debugfs);
 	dmagate_trace_stop();
 	kern_unmount(dmagate_mnt);
 err_destroy_wq:
@@ -2061,6 +2249,7 @@ static void __exit dmagate_exit(void)
 	pci_unregister_driver(&dmagate_driver);
 	/* A device that fell off the bus may have queued its own removal. */
 	destroy_workqueue(dmagate_wq);
+	debugfs_remove_recursive(dmagate_debugfs);
 	dmagate_trace_stop();
 	kern_unmount(dmagate_mnt);
 	ida_destroy(&dmagate_ida);

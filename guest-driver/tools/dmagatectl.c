@@ -90,7 +90,13 @@ static const char usage[] =
 "  hold OP [--no-child] [--close]\n"
 "                          submit, then pause() until killed (--close:\n"
 "                          close and munmap mid-DMA, print closed, exit)\n"
-"  cycle [--verify]        SUBMIT/poll/read/touch latency statistics\n"
+"  cycle [--verify] [--protect driver|none|mprotect] [--vmas N]\n"
+"        [--children N]    SUBMIT/poll/read/touch of every page: latency\n"
+"                          and its parts (medians; the driver's debugfs\n"
+"                          last_cycle for the kernel's share). --protect\n"
+"                          none|mprotect need unsafe_no_revoke set; --vmas\n"
+"                          maps the buffer in N pieces, --children forks N\n"
+"                          processes that map it too\n"
 "  stress                  FILL cycles under toucher thread and child\n"
 "  regrant OP --at OFF     one transfer over the buffer; touch OFF, then\n"
 "                          every page: print the offsets that faulted\n"
@@ -140,7 +146,13 @@ struct opts {
 	uint64_t fail_nth;	/* --fail-nth: 0, or the allocation to fail */
 	long recheck_ms;	/* --recheck: 0, or verify again this much later */
 	const char *from;	/* --from: the file drain reads */
+	int protect;		/* cycle --protect: PROTECT_* */
+	long vmas;		/* cycle --vmas: map the buffer in this many pieces */
+	long children;		/* cycle --children: forked processes mapping it too */
 };
+
+/* cycle --protect: who keeps the program off the buffer during DMA. */
+enum protect { PROTECT_DRIVER, PROTECT_NONE, PROTECT_MPROTECT };
 
 /* The session steps --fail-at can make fail (fault injection). */
 enum step { STEP_NONE, STEP_OPEN, STEP_ALLOC, STEP_MMAP, STEP_SUBMIT };
@@ -407,6 +419,7 @@ static int parse_option(struct opts *o, int argc, char **argv, int *i)
 	static const char *const vias[] = { "self", "second", "child",
 					    "split", "thread" };
 	static const char *const touches[] = { "read", "write" };
+	static const char *const protects[] = { "driver", "none", "mprotect" };
 	const char *opt = argv[*i], *val;
 	int ok = 0;
 
@@ -456,6 +469,13 @@ static int parse_option(struct opts *o, int argc, char **argv, int *i)
 		     o->recheck_ms > INT_MAX / 1000;
 	} else if (!strcmp(opt, "--from")) {
 		o->from = val;
+	} else if (!strcmp(opt, "--protect")) {
+		o->protect = parse_word(val, protects, 3);
+		ok = o->protect < 0;
+	} else if (!strcmp(opt, "--vmas")) {
+		ok = parse_long(val, &o->vmas) || o->vmas < 1 || o->vmas > 4096;
+	} else if (!strcmp(opt, "--children")) {
+		ok = parse_long(val, &o->children) || o->children < 0 || o->children > 64;
 	} else if (!strcmp(opt, "--fail-nth")) {
 		ok = parse_u64(val, &o->fail_nth, 0) || !o->fail_nth || o->fail_nth > INT_MAX;
 	} else if (!strcmp(opt, "--fail-at")) {
@@ -1489,13 +1509,18 @@ static int cmd_pin(struct opts *o)
 {
 	uint8_t local[4096], *pair[2] = { local, NULL };
 	struct iovec liov = { .iov_base = local, .iov_len = sizeof(local) };
+	volatile uint8_t sink = 0;
 	struct iovec riov;
 	struct session s;
 	struct fault f;
 	int p[2], pinned = 0;
+	uint64_t off;
 	ssize_t ret;
 
 	session_open(&s, o);
+	/* Every page mapped first: the lockless GUP walks what is there. */
+	for (off = 0; off < s.size; off += page_size)
+		sink += ((volatile uint8_t *)s.buf)[off];
 	riov.iov_base = s.buf;
 	riov.iov_len = 4096;
 	pair[1] = s.buf;
@@ -1950,70 +1975,206 @@ static uint64_t percentile(const uint64_t *v, long n, int pct)
 }
 
 /*
- * One cycle: SUBMIT, poll, read, touch first and last byte. Returns 1 if a
- * check failed, -1 if the wait timed out; *error: the record had one.
+ * The parts of a cycle, ns: what this program sees, and what the driver
+ * stamps in its debugfs last_cycle (CLOCK_MONOTONIC, as ktime_get_ns()).
  */
-static int one_cycle(const struct session *s, const struct opts *o,
-		     uint64_t seed, uint64_t *ns, int *error)
+enum part {
+	PART_TOTAL, PART_SUBMIT, PART_ZAP, PART_DEVICE, PART_WAKE, PART_TOUCH,
+	PART_FAULT, PART_MAP, PART_PROTECT, PART_FAULTS, PART_PMDS, NPARTS
+};
+static const char *const part_names[NPARTS] = {
+	"median_ns", "submit_ns", "zap_ns", "device_ns", "wake_ns", "touch_ns",
+	"fault_ns", "map_ns", "protect_ns", "faults", "pmds",
+};
+
+struct cycle_bench {
+	const struct session *s;
+	const struct opts *o;
+	int stamps_fd;		/* the driver's last_cycle, or -1 */
+	uint64_t *parts[NPARTS];
+};
+
+/* What the driver stamped for the last SUBMIT; 0 on success. */
+static int read_stamps(int fd, uint64_t *zap, uint64_t *doorbell, uint64_t *irq,
+		       uint64_t *fault, uint64_t *map, uint64_t *faults, uint64_t *pmds)
 {
+	unsigned long long v[8];
+	char text[512];
+	ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+
+	if (n <= 0)
+		return -1;
+	text[n] = 0;
+	if (sscanf(text, "zap_ns=%llu doorbell_ns=%llu irq_ns=%llu finish_ns=%llu "
+		   "fault_ns=%llu map_ns=%llu faults=%llu pmds=%llu", &v[0], &v[1], &v[2],
+		   &v[3], &v[4], &v[5], &v[6], &v[7]) != 8)
+		return -1;
+	*zap = v[0], *doorbell = v[1], *irq = v[2];
+	*fault = v[4], *map = v[5], *faults = v[6], *pmds = v[7];
+	return 0;
+}
+
+/* Read one byte of every page: the first touch of the whole range. */
+static uint64_t touch_pages(const uint8_t *buf, uint64_t size)
+{
+	uint64_t sum = 0, off;
+
+	for (off = 0; off < size; off += page_size)
+		sum += *(const volatile uint8_t *)(buf + off);
+	return sum;
+}
+
+static void protect_or_die(const struct session *s, int prot, uint64_t *ns)
+{
+	uint64_t start = now_ns();
+
+	if (mprotect(s->buf, s->size, prot))
+		die_sys("mprotect");
+	*ns += now_ns() - start;
+}
+
+/*
+ * One cycle: SUBMIT, poll, read, touch every page.  Returns 1 if a check
+ * failed, -1 if the wait timed out; *error: the record had one.
+ */
+static int one_cycle(struct cycle_bench *b, long i, uint64_t seed, int *error)
+{
+	const struct session *s = b->s;
+	const struct opts *o = b->o;
+	uint64_t seq, t0, t1, t2, t3, protect = 0;
+	uint64_t zap = 0, doorbell = 0, irq = 0, fault = 0, map = 0, faults = 0, pmds = 0;
 	struct dmagate_completion c;
 	struct opts po = *o;
-	uint64_t seq, start;
-	struct fault f;
-	uint8_t first = 0, last = 0;
-	int bad = 0;
 
 	po.wait_mode = WAIT_POLL;
 	*error = 0;
-	start = now_ns();
+	t0 = now_ns();
+	if (o->protect == PROTECT_MPROTECT)
+		protect_or_die(s, PROT_NONE, &protect);
 	if (submit(s->fd, DMAGATE_XFER_FILL, 0, s->size, seed, &seq))
 		die_sys("DMAGATE_IOC_SUBMIT");
+	t1 = now_ns();
 	if (wait_readable(s->fd, &po, 1) || read_record(s->fd, &c, o->timeout_ms)) {
 		if (errno != ETIMEDOUT)
 			die_sys("wait");
 		*error = 1;
 		return -1;
 	}
-	bad |= touch_byte(s->buf, 0, &first, &f);
-	*ns = now_ns() - start;
-	bad |= touch_byte(s->buf + s->size - 1, 0, &last, &f);
+	t2 = now_ns();
+	if (o->protect == PROTECT_MPROTECT)
+		protect_or_die(s, PROT_READ | PROT_WRITE, &protect);
+	touch_pages(s->buf, s->size);
+	t3 = now_ns();
+	if (b->stamps_fd >= 0 &&
+	    read_stamps(b->stamps_fd, &zap, &doorbell, &irq, &fault, &map, &faults, &pmds))
+		die_sys("last_cycle");
+	b->parts[PART_TOTAL][i] = t3 - t0;
+	b->parts[PART_SUBMIT][i] = t1 - t0;
+	b->parts[PART_ZAP][i] = zap;
+	b->parts[PART_DEVICE][i] = irq > doorbell ? irq - doorbell : 0;
+	b->parts[PART_WAKE][i] = irq && t2 > irq ? t2 - irq : 0;
+	b->parts[PART_TOUCH][i] = t3 - t2;
+	b->parts[PART_FAULT][i] = fault;
+	b->parts[PART_MAP][i] = map;
+	b->parts[PART_PROTECT][i] = protect;
+	b->parts[PART_FAULTS][i] = faults;
+	b->parts[PART_PMDS][i] = pmds;
 	*error = c.error != 0 || c.seq != seq;
 	if (*error)
-		return bad;
-	bad |= first != fill_byte(seed, 0) || last != fill_byte(seed, s->size - 1);
-	return bad | check_fill(s, seed, o->verify);
+		return 0;
+	return check_fill(s, seed, o->verify);
+}
+
+/* Map the buffer again as @n VMAs of about equal size, at the same address. */
+static void remap_in_pieces(struct session *s, long n)
+{
+	uint64_t pages = s->size / page_size, off = 0, piece, len;
+	long i;
+
+	if ((uint64_t)n > pages)
+		n = pages;
+	piece = (pages + n - 1) / n * page_size;
+	for (i = 0; i < n && off < s->size; i++, off += len) {
+		len = s->size - off < piece ? s->size - off : piece;
+		if (mmap(s->buf + off, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+			 s->fd, off) == MAP_FAILED)
+			die_sys("mmap piece");
+	}
+}
+
+/* @n children that hold the mapping (fork copies it) until killed. */
+static void fork_holders(pid_t *pids, long n)
+{
+	long i;
+
+	for (i = 0; i < n; i++) {
+		pids[i] = fork();
+		if (pids[i] < 0)
+			die_sys("fork");
+		if (!pids[i]) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			for (;;)
+				pause();
+		}
+	}
+}
+
+static void reap_holders(const pid_t *pids, long n)
+{
+	long i;
+
+	for (i = 0; i < n; i++) {
+		kill(pids[i], SIGKILL);
+		waitpid(pids[i], NULL, 0);
+	}
 }
 
 static int cmd_cycle(struct opts *o)
 {
-	uint64_t *ns, sum = 0;
-	long i, n = 0, errors = 0, bad = 0;
+	long i, n = 0, errors = 0, bad = 0, p;
+	struct cycle_bench b = { .o = o };
+	pid_t pids[64];
 	struct session s;
+	char path[256];
 	int error, ret;
 
 	session_open(&s, o);
-	ns = calloc(o->count, sizeof(*ns));
-	if (!ns)
-		die_sys("calloc");
+	if (o->vmas > 1)
+		remap_in_pieces(&s, o->vmas);
+	b.s = &s;
+	snprintf(path, sizeof(path), "/sys/kernel/debug/dmagate/%s/last_cycle",
+		 strrchr(o->dev, '/') ? strrchr(o->dev, '/') + 1 : o->dev);
+	b.stamps_fd = open(path, O_RDONLY | O_CLOEXEC);
+	for (p = 0; p < NPARTS; p++) {
+		b.parts[p] = calloc(o->count, sizeof(uint64_t));
+		if (!b.parts[p])
+			die_sys("calloc");
+	}
+	/* Once, untimed: the pages are faulted in and the holders copy them. */
+	touch_pages(s.buf, s.size);
+	fork_holders(pids, o->children);
 	for (i = 0; i < o->count; i++) {
-		ret = one_cycle(&s, o, i + 1, &ns[n], &error);
+		ret = one_cycle(&b, n, i + 1, &error);
 		errors += error;
 		if (ret < 0)
 			break;		/* timed out: the transfer is still ours */
 		bad += ret;
-		sum += ns[n++];
+		n++;
 	}
-	qsort(ns, n, sizeof(*ns), cmp_u64);
-	printf("cycles=%ld size=%" PRIu64 " min_ns=%" PRIu64 " median_ns=%" PRIu64
-	       " p90_ns=%" PRIu64 " max_ns=%" PRIu64 " mean_ns=%" PRIu64
-	       " errors=%ld bad=%ld\n", n, s.size, n ? ns[0] : 0,
-	       n ? percentile(ns, n, 50) : 0, n ? percentile(ns, n, 90) : 0,
-	       n ? ns[n - 1] : 0, n ? sum / n : 0, errors, bad);
-	free(ns);
+	reap_holders(pids, o->children);
+	printf("cycles=%ld size=%" PRIu64 " vmas=%ld children=%ld kernel_parts=%s", n, s.size,
+	       o->vmas > 1 ? o->vmas : 1, o->children, b.stamps_fd >= 0 ? "yes" : "no");
+	for (p = 0; p < NPARTS; p++) {
+		qsort(b.parts[p], n, sizeof(uint64_t), cmp_u64);
+		printf(" %s=%" PRIu64, part_names[p], n ? percentile(b.parts[p], n, 50) : 0);
+		if (p == PART_TOTAL && n)
+			printf(" min_ns=%" PRIu64 " p90_ns=%" PRIu64 " max_ns=%" PRIu64,
+			       b.parts[p][0], percentile(b.parts[p], n, 90), b.parts[p][n - 1]);
+		free(b.parts[p]);
+	}
+	printf(" errors=%ld bad=%ld\n", errors, bad);
 	return errors || bad ? 1 : 0;
 }
-
-/* ---- stress -------------------------------------------------------------- */
 
 /*
  * Every STRESS_HOLD_EVERY cycles, the pages stay granted until both

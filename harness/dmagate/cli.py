@@ -6,10 +6,8 @@
     dmagate qmp CMD [JSON]       run a QMP command there
     dmagate fault ...            the device's faults there (dmagate.faultcli)
     dmagate demo                 boot, show the device, report timings, shut down
-    dmagate bench-boot -n N      boot N times; median boot-to-SSH time as JSON
-    dmagate bench-device -n N    device FILL throughput (qtest) next to a host memcpy
-    dmagate bench-cycle -n N [--sizes 4K,4M] [--dma-map session|transfer] [--iommu]
-                                 submit -> interrupt -> wake -> first touch
+    dmagate bench [--out DIR]    every benchmark, JSON and plots (dmagate.bench.cli)
+    dmagate bench-boot|bench-device|bench-cycle   one of them
 """
 
 from __future__ import annotations
@@ -20,27 +18,21 @@ import json
 import os
 import shlex
 import signal
-import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from dmagate.accel import resolve_accelerator
-from dmagate.bench_cycle import CycleSetup, measure_cycles
-from dmagate.devdriver import Dmagate
+from dmagate.bench.cli import add_parsers as add_bench_parsers
 from dmagate.devicefaults import device_faults
 from dmagate.faultcli import add_parser as add_fault_parser
 from dmagate.health import HealthWatch
-from dmagate.hwregs import HW
 from dmagate.manifest import Manifest, ManifestError
 from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
-from dmagate.qtest import QTestMachine
 from dmagate.session import Session, load_session, session_path
 from dmagate.ssh import SSH
 from dmagate.transcript import Transcript
@@ -182,93 +174,6 @@ def _demo_protocol(vm: VM) -> bool:
     return ok
 
 
-def cmd_bench_cycle(args: argparse.Namespace) -> int:
-    """Cycle time (submit -> interrupt -> wake -> first touch) in a booted guest,
-    with the device's default timing (1 ms + 1 GB/s) and in zero-delay mode."""
-    setup = CycleSetup(dma_map=args.dma_map, iommu=args.iommu)
-    try:
-        results = measure_cycles(_options(args, name="bench-cycle"), BuildPaths.discover(),
-                                 setup, tuple(args.sizes.split(",")), args.cycles)
-    except RuntimeError as err:
-        raise SystemExit(f"dmagate bench-cycle: {err}") from err
-    for result in results:
-        timing = "zero-delay device" if result["zero_delay"] else "device 1 ms + 1 GB/s"
-        print(f"cycle {result['size']:>4}, {timing:<20}: median "
-              f"{result['median_ns'] / 1000:6.0f} us, p90 {result['p90_ns'] / 1000:6.0f} us "
-              f"over {result['cycles']} cycles ({result['accel']}, kernel {args.kernel}, "
-              f"{setup.describe()})", flush=True)
-    text = json.dumps({"kernel": args.kernel, "results": results}, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
-
-
-def cmd_bench_boot(args: argparse.Namespace) -> int:
-    paths = BuildPaths.discover()
-    accel = resolve_accelerator(args.accel, paths.qemu)
-    samples = []
-    for i in range(args.boots):
-        with VM(VMOptions(flavour=args.kernel, name=f"bench-{i}"), paths, accel) as vm:
-            samples.append(asdict(vm.timing))
-        print(f"boot {i + 1}/{args.boots}: init {samples[-1]['init_ready']:.2f} s, "
-              f"ssh {samples[-1]['ssh_ready']:.2f} s", flush=True)
-    result = {
-        "accelerator": accel.name,
-        "kernel": args.kernel,
-        "boots": args.boots,
-        "median_init_ready_s": statistics.median(s["init_ready"] for s in samples),
-        "median_ssh_ready_s": statistics.median(s["ssh_ready"] for s in samples),
-        "min_ssh_ready_s": min(s["ssh_ready"] for s in samples),
-        "max_ssh_ready_s": max(s["ssh_ready"] for s in samples),
-        "samples": samples,
-    }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(f"median boot-to-SSH {result['median_ssh_ready_s']:.2f} s over {args.boots} boots "
-          f"({accel.name}, kernel {args.kernel})")
-    return 0
-
-
-def cmd_bench_device(args: argparse.Namespace) -> int:
-    """FILL of 64 MiB in zero-delay mode, over qtest, next to a host memcpy."""
-    size = 64 << 20
-    paths = BuildPaths.discover()
-    rates, copies = [], []
-    source = bytearray(os.urandom(size))
-    target = bytearray(size)  # touched once here, so the copies below fault no pages
-    target[:] = source
-    with tempfile.TemporaryDirectory(dir=paths.build) as tmp, QTestMachine(
-        paths.qemu, ["-device", "dmagate,id=dg,addr=4,zero-delay=on"], Path(tmp)
-    ) as machine:
-        dev = Dmagate(machine, 4)
-        dev.setup(0x100000, 64, 0x110000, 64, 0x120000)
-        for seed in range(args.runs):
-            started = time.perf_counter()
-            dev.submit(HW["OP_FILL"], [(0x1000000, size)], param=seed)
-            (done,) = dev.wait()
-            rates.append(size / (time.perf_counter() - started) / 1e6)
-            if done.status != HW["ST_OK"]:
-                raise SystemExit(f"dmagate bench-device: FILL failed with status {done.status}")
-            started = time.perf_counter()
-            target[:] = source  # one 64 MiB memcpy
-            copies.append(size / (time.perf_counter() - started) / 1e6)
-    result = {
-        "what": "FILL 64 MiB, zero-delay, doorbell to completion seen over qtest",
-        "runs": args.runs,
-        "median_fill_MBps": round(statistics.median(rates)),
-        "median_host_memcpy_MBps": round(statistics.median(copies)),
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"FILL 64 MiB zero-delay: {result['median_fill_MBps']} MB/s; host memcpy 64 MiB: "
-          f"{result['median_host_memcpy_MBps']} MB/s (median of {args.runs})")
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dmagate", description=__doc__.splitlines()[0])
     top.add_argument("--kernel", default=os.environ.get("KERNEL", DEFAULT_FLAVOUR),
@@ -291,23 +196,7 @@ def parser() -> argparse.ArgumentParser:
     qmp.set_defaults(func=cmd_qmp)
     add_fault_parser(sub)
     sub.add_parser("demo", help="boot, show the device, shut down").set_defaults(func=cmd_demo)
-    bench = sub.add_parser("bench-boot", help="median boot-to-SSH time")
-    bench.add_argument("-n", "--boots", type=int, default=5)
-    bench.add_argument("--out", type=Path)
-    bench.set_defaults(func=cmd_bench_boot)
-    device = sub.add_parser("bench-device", help="device DMA throughput over qtest")
-    device.add_argument("-n", "--runs", type=int, default=5)
-    device.add_argument("--out", type=Path)
-    device.set_defaults(func=cmd_bench_device)
-    cycle = sub.add_parser("bench-cycle", help="driver cycle time in a guest, 4 KiB and 4 MiB")
-    cycle.add_argument("-n", "--cycles", type=int, default=500)
-    cycle.add_argument("--sizes", default="4K,4M", help="comma-separated buffer sizes")
-    cycle.add_argument("--dma-map", choices=("session", "transfer"), default="session",
-                       help="the driver's dma_map parameter")
-    cycle.add_argument("--iommu", action="store_true",
-                       help="behind intel-iommu with strict invalidation")
-    cycle.add_argument("--out", type=Path)
-    cycle.set_defaults(func=cmd_bench_cycle)
+    add_bench_parsers(sub)
     return top
 
 

@@ -104,8 +104,11 @@ def test_kernel_copies_into_revoked_pages_fail_with_efault(slow_device: VM) -> N
     assert (run["after_read_ret"], run["after_write_ret"]) == ("4096", "4096")
 
 
-def test_mapping_cannot_be_pinned(vm: VM) -> None:
-    run = dmagatectl(vm, "pin -s 64K")
+@pytest.mark.parametrize("size", ["64K", "4M"])
+def test_mapping_cannot_be_pinned(vm: VM, size: str) -> None:
+    # Every page is mapped first, for the lockless GUP walk; 4 MiB is mapped
+    # with PMD entries where the kernel can (test_driver_mappings.py).
+    run = dmagatectl(vm, f"pin -s {size}")
     assert run.status == EXIT_OK, run.describe()
     assert run["vmsplice"] == "EFAULT"
     assert run["io_uring"] in ("EFAULT", "EOPNOTSUPP"), run.describe()
