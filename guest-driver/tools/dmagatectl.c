@@ -581,6 +581,16 @@ static void access_fn(void *arg)
 }
 
 /* A 1-byte volatile read (returns value in *v) or write of *v. */
+/* Read one byte of every page: the first touch of the whole range. */
+static uint64_t touch_pages(const uint8_t *buf, uint64_t size)
+{
+	uint64_t sum = 0, off;
+
+	for (off = 0; off < size; off += page_size)
+		sum += *(const volatile uint8_t *)(buf + off);
+	return sum;
+}
+
 static int touch_byte(uint8_t *p, int write, uint8_t *v, struct fault *f)
 {
 	struct access a = { .byte = p, .write = write, .value = *v };
@@ -1509,18 +1519,15 @@ static int cmd_pin(struct opts *o)
 {
 	uint8_t local[4096], *pair[2] = { local, NULL };
 	struct iovec liov = { .iov_base = local, .iov_len = sizeof(local) };
-	volatile uint8_t sink = 0;
 	struct iovec riov;
 	struct session s;
 	struct fault f;
 	int p[2], pinned = 0;
-	uint64_t off;
 	ssize_t ret;
 
 	session_open(&s, o);
 	/* Every page mapped first: the lockless GUP walks what is there. */
-	for (off = 0; off < s.size; off += page_size)
-		sink += ((volatile uint8_t *)s.buf)[off];
+	touch_pages(s.buf, s.size);
 	riov.iov_base = s.buf;
 	riov.iov_len = 4096;
 	pair[1] = s.buf;
@@ -2012,16 +2019,6 @@ static int read_stamps(int fd, uint64_t *zap, uint64_t *doorbell, uint64_t *irq,
 	*zap = v[0], *doorbell = v[1], *irq = v[2];
 	*fault = v[4], *map = v[5], *faults = v[6], *pmds = v[7];
 	return 0;
-}
-
-/* Read one byte of every page: the first touch of the whole range. */
-static uint64_t touch_pages(const uint8_t *buf, uint64_t size)
-{
-	uint64_t sum = 0, off;
-
-	for (off = 0; off < size; off += page_size)
-		sum += *(const volatile uint8_t *)(buf + off);
-	return sum;
 }
 
 static void protect_or_die(const struct session *s, int prot, uint64_t *ns)

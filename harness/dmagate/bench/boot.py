@@ -41,6 +41,12 @@ class BootTimes:
         return statistics.median(self.samples_s)
 
 
+def boot_results(harness: BootTimes, floor: BootTimes) -> dict[str, object]:
+    """The "boot" entry of the bench's results."""
+    return {"harness_s": list(harness.samples_s), "floor_s": list(floor.samples_s),
+            "harness_median_s": harness.median_s, "floor_median_s": floor.median_s}
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

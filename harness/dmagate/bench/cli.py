@@ -4,12 +4,11 @@ the modules beside this one)."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from dmagate.accel import resolve_accelerator
-from dmagate.bench.boot import measure_boots
+from dmagate.bench.boot import boot_results, measure_boots
 from dmagate.bench.cycle import LAYOUTS, PROTECTIONS, SIZES, CycleSetup, all_cases, measure_cycles
 from dmagate.bench.device import measure_device
 from dmagate.bench.report import Results, cycle_ratios, plot, summary, write_json
@@ -42,14 +41,12 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     paths = BuildPaths.discover()
     harness, floor = measure_boots(paths, args.kernel,
                                    resolve_accelerator(args.accel, paths.qemu), args.boots)
-    return _done({"boot": {"harness_s": list(harness.samples_s), "floor_s": list(floor.samples_s),
-                           "harness_median_s": harness.median_s,
-                           "floor_median_s": floor.median_s}}, args.out)
+    return _done({"boot": boot_results(harness, floor)}, args.out)
 
 
 def cmd_bench_device(args: argparse.Namespace) -> int:
     rates = measure_device(BuildPaths.discover(), args.runs)
-    return _done({"device": [asdict(r) for r in rates]}, args.out)
+    return _done({"device": [r.as_result() for r in rates]}, args.out)
 
 
 def cmd_bench_cycle(args: argparse.Namespace) -> int:

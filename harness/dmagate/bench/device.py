@@ -11,7 +11,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dmagate.devdriver import Dmagate
@@ -37,6 +37,9 @@ class DeviceRate:
     def ratio(self) -> float:
         """The device's rate as a fraction of the host's."""
         return self.device_MBps / self.host_MBps
+
+    def as_result(self) -> dict[str, object]:
+        return {**asdict(self), "ratio": self.ratio}
 
 
 def _median_rate(runs: int, once: Callable[[int], None]) -> float:

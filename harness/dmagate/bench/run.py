@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dmagate.accel import Accelerator
-from dmagate.bench.boot import measure_boots
+from dmagate.bench.boot import boot_results, measure_boots
 from dmagate.bench.cycle import SIZES, CycleSetup, all_cases, measure_cycles
 from dmagate.bench.device import measure_device
 from dmagate.bench.report import Results, cycle_ratios, plot, summary, write_json
@@ -31,16 +31,13 @@ def run_all(plan: BenchPlan, paths: BuildPaths, accel: Accelerator, out_dir: Pat
                         "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                         "plan": asdict(plan)}
     harness, floor = measure_boots(paths, plan.flavour, accel, plan.boots)
-    results["boot"] = {"harness_s": list(harness.samples_s), "floor_s": list(floor.samples_s),
-                       "harness_median_s": harness.median_s, "floor_median_s": floor.median_s}
-    results["device"] = [{**asdict(r), "ratio": r.ratio}
-                         for r in measure_device(paths, plan.device_runs)]
+    results["boot"] = boot_results(harness, floor)
+    results["device"] = [r.as_result() for r in measure_device(paths, plan.device_runs)]
     options = VMOptions(flavour=plan.flavour, accel=accel.name, name="bench-cycle")
     results["cycles"] = measure_cycles(options, paths, CycleSetup(), all_cases(plan.sizes),
                                        plan.cycle_budget)
     results["cycle_ratios"] = cycle_ratios(results["cycles"])
     results["seconds"] = time.monotonic() - started
-    write_json(results, out_dir / f"bench-{plan.flavour}.json")
     results["plots"] = [str(p) for p in plot(results, out_dir)]
     write_json(results, out_dir / f"bench-{plan.flavour}.json")
     return results
