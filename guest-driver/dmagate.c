@@ -25,10 +25,11 @@
  *   dev->time_lock      spinlock: the TIME register's LO/HI latch
  *   dmagate_wedged_lock mutex: dmagate_wedged (innermost, taken alone)
  *
- * Order: mmap_lock (or the VMA lock; held by the core around a fault)
+ * Order: mmap_lock (or the VMA lock; held by the core around a fault, and
+ *   tried for read by read() and WAIT to map a record's pages back)
  *   -> dev->sessions_lock -> sess->lock -> dev->hw_lock
- *   -> i_mmap_rwsem and page-table locks (inside unmap_mapping_range() and
- *      vmf_insert_pfn()).
+ *   -> i_mmap_rwsem and page-table locks (inside unmap_mapping_range(),
+ *      vmf_insert_pfn() and apply_to_page_range()).
  *
  * Nothing copies to or from user space, or takes mmap_lock, while holding
  * sess->lock or dev->hw_lock: such a copy may fault on the session's own
@@ -152,6 +153,10 @@ static char *dma_map = "session";
 module_param(dma_map, charp, 0444);
 MODULE_PARM_DESC(dma_map, "session (map a buffer once) or transfer (map at SUBMIT, unmap at completion)");
 
+static bool map_on_wait = true;
+module_param(map_on_wait, bool, 0644);
+MODULE_PARM_DESC(map_on_wait, "read() and WAIT map a finished transfer's pages into the caller's mappings");
+
 static bool ownership_trace = true;
 module_param(ownership_trace, bool, 0444);
 MODULE_PARM_DESC(ownership_trace, "record ownership in the trace instance " DMAGATE_TRACE_INSTANCE);
@@ -199,6 +204,7 @@ struct dmagate_cycle_stamps {
 	atomic64_t map_ns;		/* of that, inserting page-table entries */
 	atomic64_t faults;
 	atomic64_t pmds;		/* of those, mapped with one PMD entry */
+	atomic64_t wait_map_ns;		/* read() or WAIT mapping the pages back */
 };
 
 struct dmagate_dev {
@@ -1121,13 +1127,33 @@ static int dmagate_regrant_pte(pte_t *pte, unsigned long addr, void *data)
 	return 0;
 }
 
+/*
+ * Map file pages [@first, @last) of @vma, program-owned, in one walk of the
+ * page tables, as i915's remap_io_mapping() does (vmf_insert_pfn() walks
+ * and locks them again for every page).  Entries already there stay.  On
+ * failure (no memory for a page table) the rest can fault later.  No PMD
+ * leaf may be in the range.  sess->lock and mmap_lock held.
+ */
+static void dmagate_map_run(struct dmagate_session *sess, struct vm_area_struct *vma,
+			    pgoff_t first, pgoff_t last)
+{
+	struct dmagate_regrant regrant = {
+		.sess = sess,
+		.vma = vma,
+		.first = first,
+		.start = vma->vm_start + ((first - vma->vm_pgoff) << PAGE_SHIFT),
+	};
+
+	apply_to_page_range(vma->vm_mm, regrant.start, (last - first) << PAGE_SHIFT,
+			    dmagate_regrant_pte, &regrant);
+}
+
 static vm_fault_t dmagate_vm_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct dmagate_session *sess = vma->vm_private_data;
 	struct dmagate_cycle_stamps *cycle = &sess->dev->cycle;
 	pgoff_t vma_first = vma->vm_pgoff, vma_last = vma_first + vma_pages(vma);
-	struct dmagate_regrant regrant;
 	pgoff_t first, last, pgoff;
 	vm_fault_t ret = VM_FAULT_SIGBUS;
 	u64 start = ktime_get_ns(), mapped;
@@ -1159,8 +1185,6 @@ static vm_fault_t dmagate_vm_fault(struct vm_fault *vmf)
 	 * Then up to DMAGATE_FAULT_PAGES of the run around it, the pages after
 	 * it first: a re-granted range costs few faults, and the time this
 	 * holds sess->lock (which SUBMIT and re-grants take) stays bounded.
-	 * In one walk of the page tables, as i915's remap_io_mapping() does
-	 * (vmf_insert_pfn() walks and locks them again for every page).
 	 */
 	last = min3(last, vma_last, vmf->pgoff + DMAGATE_FAULT_PAGES);
 	first = max3(first, vma_first, last > DMAGATE_FAULT_PAGES ?
@@ -1174,13 +1198,7 @@ static vm_fault_t dmagate_vm_fault(struct vm_fault *vmf)
 		first = max(first, pgoff);
 		last = min(last, pgoff + PTRS_PER_PMD);
 	}
-	regrant.sess = sess;
-	regrant.vma = vma;
-	regrant.first = first;
-	regrant.start = vma->vm_start + ((first - vma_first) << PAGE_SHIFT);
-	/* On failure (no memory for a page table) the rest can fault later. */
-	apply_to_page_range(vma->vm_mm, regrant.start, (last - first) << PAGE_SHIFT,
-			    dmagate_regrant_pte, &regrant);
+	dmagate_map_run(sess, vma, first, last);
 	atomic64_add(ktime_get_ns() - mapped, &cycle->map_ns);
 	atomic64_inc(&sess->dev->stats.faults);
 out_unlock:
@@ -1361,6 +1379,7 @@ static void dmagate_revoke(struct dmagate_xfer *xfer)
 	atomic64_set(&dev->cycle.map_ns, 0);
 	atomic64_set(&dev->cycle.faults, 0);
 	atomic64_set(&dev->cycle.pmds, 0);
+	atomic64_set(&dev->cycle.wait_map_ns, 0);
 	if (READ_ONCE(dmagate_unsafe_no_revoke)) {
 		dev_warn_once(&dev->pdev->dev,
 			      "unsafe_no_revoke: programs keep their pages during DMA (benchmarks only)\n");
@@ -1542,6 +1561,72 @@ static void dmagate_untake_record(struct dmagate_session *sess, struct dmagate_x
 	mutex_unlock(&sess->lock);
 }
 
+/*
+ * The end (a file page) of the 2 MiB stretch of @vma's address space that
+ * holds @pgoff; *@pmd: dmagate_vm_huge_fault() would map it with one PMD
+ * entry.  @vma a mapping of @sess.
+ */
+static pgoff_t dmagate_stretch_end(struct dmagate_session *sess, struct vm_area_struct *vma,
+				   pgoff_t pgoff, bool *pmd)
+{
+	unsigned long addr = vma->vm_start + ((pgoff - vma->vm_pgoff) << PAGE_SHIFT);
+	unsigned long stretch = addr & PMD_MASK;
+
+	*pmd = DMAGATE_HUGE_ORDER && sess->chunk_order >= DMAGATE_HUGE_ORDER &&
+	       stretch >= vma->vm_start && stretch + PMD_SIZE <= vma->vm_end &&
+	       IS_ALIGNED(pgoff - ((addr - stretch) >> PAGE_SHIFT), PTRS_PER_PMD);
+	return pgoff + ((stretch + PMD_SIZE - addr) >> PAGE_SHIFT);
+}
+
+/*
+ * Map a finished transfer's pages [@first, @last) into the caller's own
+ * mappings of the session as read() or WAIT hands over its record: the
+ * program touches them next, and a fault per run costs a trap round trip
+ * more than this walk.  Best effort, as a fault: the pages the program
+ * owns, one 2 MiB stretch per hold of sess->lock, nothing if mmap_lock is
+ * contended.  Left to fault as usual: other processes' mappings, and the
+ * stretches that one PMD fault maps whole (a PTE walk must not meet a PMD
+ * entry).  mmap_lock (read) then sess->lock, the fault handler's order.
+ */
+static void dmagate_map_for_caller(struct dmagate_session *sess, pgoff_t first, pgoff_t last)
+{
+	struct mm_struct *mm = current->mm;
+	pgoff_t pgoff, end, next, run_first, run_last;
+	struct vm_area_struct *vma;
+	struct vma_iterator vmi;
+	u64 start;
+	bool pmd;
+
+	if (!READ_ONCE(map_on_wait) || !mm || READ_ONCE(dmagate_unsafe_no_revoke) ||
+	    !mmap_read_trylock(mm))
+		return;
+	start = ktime_get_ns();
+	vma_iter_init(&vmi, mm, 0);
+	for_each_vma(vmi, vma) {
+		if (vma->vm_ops != &dmagate_vm_ops || vma->vm_private_data != sess ||
+		    !(vma->vm_flags & (VM_READ | VM_WRITE)))
+			continue;
+		pgoff = max(first, vma->vm_pgoff);
+		end = min(last, vma->vm_pgoff + vma_pages(vma));
+		for (; pgoff < end; pgoff = next) {
+			next = min(end, dmagate_stretch_end(sess, vma, pgoff, &pmd));
+			if (pmd)
+				continue;
+			mutex_lock(&sess->lock);
+			if (sess->gone) {
+				mutex_unlock(&sess->lock);
+				goto out_unlock;
+			}
+			if (dmagate_owned_run(sess, pgoff, &run_first, &run_last))
+				dmagate_map_run(sess, vma, pgoff, min(next, run_last));
+			mutex_unlock(&sess->lock);
+		}
+	}
+out_unlock:
+	atomic64_add(ktime_get_ns() - start, &sess->dev->cycle.wait_map_ns);
+	mmap_read_unlock(mm);
+}
+
 static long dmagate_ioc_wait(struct dmagate_session *sess, void __user *uarg)
 {
 	struct dmagate_xfer *xfer;
@@ -1564,11 +1649,13 @@ static long dmagate_ioc_wait(struct dmagate_session *sess, void __user *uarg)
 		return ret == -ERESTARTSYS ? -EINTR : ret;
 	wait.completion = xfer->rec;
 	ret = dmagate_arg_out(uarg, &wait, sizeof(wait));
-	if (ret)
+	if (ret) {
 		dmagate_untake_record(sess, xfer);
-	else
-		kfree(xfer);
-	return ret;
+		return ret;
+	}
+	dmagate_map_for_caller(sess, xfer->first, xfer->last);
+	kfree(xfer);
+	return 0;
 }
 
 static long dmagate_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -1620,6 +1707,7 @@ static ssize_t dmagate_read(struct file *file, char __user *buf, size_t count, l
 			dmagate_untake_record(sess, xfer);
 			return done ? done : -EFAULT;
 		}
+		dmagate_map_for_caller(sess, xfer->first, xfer->last);
 		kfree(xfer);
 		done += sizeof(struct dmagate_completion);
 	}
@@ -1742,11 +1830,12 @@ static int dmagate_last_cycle_show(struct seq_file *m, void *unused)
 {
 	struct dmagate_cycle_stamps *cycle = &((struct dmagate_dev *)m->private)->cycle;
 
-	seq_printf(m, "zap_ns=%lld doorbell_ns=%lld irq_ns=%lld finish_ns=%lld fault_ns=%lld map_ns=%lld faults=%lld pmds=%lld\n",
+	seq_printf(m, "zap_ns=%lld doorbell_ns=%lld irq_ns=%lld finish_ns=%lld fault_ns=%lld map_ns=%lld faults=%lld pmds=%lld wait_map_ns=%lld\n",
 		   atomic64_read(&cycle->zap_ns), atomic64_read(&cycle->doorbell_ns),
 		   atomic64_read(&cycle->irq_ns), atomic64_read(&cycle->finish_ns),
 		   atomic64_read(&cycle->fault_ns), atomic64_read(&cycle->map_ns),
-		   atomic64_read(&cycle->faults), atomic64_read(&cycle->pmds));
+		   atomic64_read(&cycle->faults), atomic64_read(&cycle->pmds),
+		   atomic64_read(&cycle->wait_map_ns));
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(dmagate_last_cycle);

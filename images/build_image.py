@@ -42,6 +42,7 @@ from buildutil import (
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from debug_kernel import DEBUG_FLAVOUR, debug_kernel
+from kernel_inputs import KernelInputs
 
 from dmagate.cmdline import FAST_BIOS, FIRMWARE_DIRS
 from dmagate.manifest import FileOutput, Manifest, PackageInput
@@ -79,20 +80,6 @@ class KernelPackages:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.image, self.headers, self.headers_common, self.kbuild)
-
-
-@dataclass(frozen=True)
-class KernelInputs:
-    """A kernel ready to boot and to build modules against, whatever its origin."""
-
-    flavour: str
-    release: str
-    kdir: Path  # where `make M=...` builds out-of-tree modules
-    modules_root: Path  # holds lib/modules/RELEASE (with modules.dep)
-    bzimage: Path | None  # a bzImage to unpack for PVH boot, or
-    elf: Path | None  # the ELF kernel itself
-    config: Path
-    packages: tuple[PackageInput, ...]
 
 
 def resolve_kernel(flavour: str) -> KernelPackages:
@@ -456,6 +443,8 @@ def build(
             "host_key": host_public,
             "client_key": "ssh/client_key",
             "boot_kernel": boot_file.name,
+            # The unstripped kernel, for gdb (dmagate.gdb): the debug build's own.
+            **({"symbols": str(kernel.elf)} if kernel.elf is not None else {}),
         },
     )
     (out / "manifest.json").write_text(manifest.to_json())

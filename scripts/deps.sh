@@ -20,6 +20,8 @@ readonly PACKAGES=(
 	qemu-system-data seabios
 	# guest image
 	busybox-static dropbear-bin cpio kmod
+	# debugging a guest through QEMU's gdb stub (dmagate boot --gdb)
+	gdb
 	# kernel modules against Debian's headers; static guest tools
 	libc6-dev libelf-dev bc dwarves zstd lz4
 )

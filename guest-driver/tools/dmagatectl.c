@@ -1987,11 +1987,11 @@ static uint64_t percentile(const uint64_t *v, long n, int pct)
  */
 enum part {
 	PART_TOTAL, PART_SUBMIT, PART_ZAP, PART_DEVICE, PART_WAKE, PART_TOUCH,
-	PART_FAULT, PART_MAP, PART_PROTECT, PART_FAULTS, PART_PMDS, NPARTS
+	PART_FAULT, PART_MAP, PART_WAIT_MAP, PART_PROTECT, PART_FAULTS, PART_PMDS, NPARTS
 };
 static const char *const part_names[NPARTS] = {
 	"median_ns", "submit_ns", "zap_ns", "device_ns", "wake_ns", "touch_ns",
-	"fault_ns", "map_ns", "protect_ns", "faults", "pmds",
+	"fault_ns", "map_ns", "wait_map_ns", "protect_ns", "faults", "pmds",
 };
 
 struct cycle_bench {
@@ -2003,9 +2003,10 @@ struct cycle_bench {
 
 /* What the driver stamped for the last SUBMIT; 0 on success. */
 static int read_stamps(int fd, uint64_t *zap, uint64_t *doorbell, uint64_t *irq,
-		       uint64_t *fault, uint64_t *map, uint64_t *faults, uint64_t *pmds)
+		       uint64_t *fault, uint64_t *map, uint64_t *faults, uint64_t *pmds,
+		       uint64_t *wait_map)
 {
-	unsigned long long v[8];
+	unsigned long long v[9];
 	char text[512];
 	ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
 
@@ -2013,11 +2014,11 @@ static int read_stamps(int fd, uint64_t *zap, uint64_t *doorbell, uint64_t *irq,
 		return -1;
 	text[n] = 0;
 	if (sscanf(text, "zap_ns=%llu doorbell_ns=%llu irq_ns=%llu finish_ns=%llu "
-		   "fault_ns=%llu map_ns=%llu faults=%llu pmds=%llu", &v[0], &v[1], &v[2],
-		   &v[3], &v[4], &v[5], &v[6], &v[7]) != 8)
+		   "fault_ns=%llu map_ns=%llu faults=%llu pmds=%llu wait_map_ns=%llu",
+		   &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8]) != 9)
 		return -1;
 	*zap = v[0], *doorbell = v[1], *irq = v[2];
-	*fault = v[4], *map = v[5], *faults = v[6], *pmds = v[7];
+	*fault = v[4], *map = v[5], *faults = v[6], *pmds = v[7], *wait_map = v[8];
 	return 0;
 }
 
@@ -2040,6 +2041,7 @@ static int one_cycle(struct cycle_bench *b, long i, uint64_t seed, int *error)
 	const struct opts *o = b->o;
 	uint64_t seq, t0, t1, t2, t3, protect = 0;
 	uint64_t zap = 0, doorbell = 0, irq = 0, fault = 0, map = 0, faults = 0, pmds = 0;
+	uint64_t wait_map = 0;
 	struct dmagate_completion c;
 	struct opts po = *o;
 
@@ -2063,7 +2065,8 @@ static int one_cycle(struct cycle_bench *b, long i, uint64_t seed, int *error)
 	touch_pages(s->buf, s->size);
 	t3 = now_ns();
 	if (b->stamps_fd >= 0 &&
-	    read_stamps(b->stamps_fd, &zap, &doorbell, &irq, &fault, &map, &faults, &pmds))
+	    read_stamps(b->stamps_fd, &zap, &doorbell, &irq, &fault, &map, &faults, &pmds,
+			&wait_map))
 		die_sys("last_cycle");
 	b->parts[PART_TOTAL][i] = t3 - t0;
 	b->parts[PART_SUBMIT][i] = t1 - t0;
@@ -2073,6 +2076,7 @@ static int one_cycle(struct cycle_bench *b, long i, uint64_t seed, int *error)
 	b->parts[PART_TOUCH][i] = t3 - t2;
 	b->parts[PART_FAULT][i] = fault;
 	b->parts[PART_MAP][i] = map;
+	b->parts[PART_WAIT_MAP][i] = wait_map;
 	b->parts[PART_PROTECT][i] = protect;
 	b->parts[PART_FAULTS][i] = faults;
 	b->parts[PART_PMDS][i] = pmds;

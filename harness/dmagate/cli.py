@@ -26,6 +26,7 @@ from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from dmagate import gdb
 from dmagate.accel import resolve_accelerator
 from dmagate.bench.cli import add_parsers as add_bench_parsers
 from dmagate.devicefaults import device_faults
@@ -54,9 +55,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     paths = BuildPaths.discover()
-    vm = VM(_options(args, user_qmp=True, name="shell"), paths)
+    vm = VM(_options(args, user_qmp=True, name="shell", gdb=args.gdb), paths)
     stop = _stop_on_signals()
-    vm.start(wait=args.no_console)
+    # The gdb command line names where the modules are: that needs SSH.
+    vm.start(wait=args.no_console or args.gdb)
     try:
         assert vm.user_qmp_socket is not None
         Session(vm.pid, args.kernel, vm.ssh_port, str(vm.user_qmp_socket),
@@ -64,6 +66,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
         print(f"dmagate: {vm.accel.name}, kernel {vm.manifest.kernel_release}")
         print(f"dmagate: QMP for scripts: {vm.user_qmp_socket}")
         print(f"dmagate: SSH: dmagate ssh CMD (127.0.0.1:{vm.ssh_port}); logs in {vm.workdir}")
+        if args.gdb:
+            print(f"dmagate: gdb stub on 127.0.0.1:{vm.gdb_port}; debug with:\n"
+                  f"  {gdb.describe(vm)}", flush=True)
         if args.no_console:
             # Scripts and CI: the guest is up; run until stopped.
             print("dmagate: ready; SIGINT or SIGTERM stops the VM", flush=True)
@@ -185,6 +190,9 @@ def parser() -> argparse.ArgumentParser:
     boot = sub.add_parser("boot", help="boot and attach to the console")
     boot.add_argument("--no-console", action="store_true",
                       help="wait until SSH answers, then run until SIGINT/SIGTERM (scripts, CI)")
+    boot.add_argument("--gdb", action="store_true",
+                      help="QEMU's gdb stub on 127.0.0.1; prints the gdb command line "
+                      "with the kernel's and the driver's symbols")
     boot.set_defaults(func=cmd_boot)
     ssh = sub.add_parser("ssh", help="run a command in the running VM")
     ssh.add_argument("--timeout", type=float, default=300.0)

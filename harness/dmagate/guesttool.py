@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from dmagate.vm import VM
 
-DRIVER_TIMEOUT_MS = "/sys/module/dmagate/parameters/timeout_ms"
+DRIVER_PARAMS = "/sys/module/dmagate/parameters"
+DRIVER_TIMEOUT_MS = f"{DRIVER_PARAMS}/timeout_ms"
 STAT_NAMES = ("submits", "completions", "errors", "timeouts", "revocations", "faults", "sigbus")
 
 # Exit statuses of dmagatectl.
@@ -111,15 +112,21 @@ def stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]
 
 
 @contextmanager
-def driver_timeout(vm: VM, ms: int) -> Iterator[None]:
-    """The driver's watchdog (its timeout_ms parameter) at ``ms`` for a block."""
-    before = vm.run(f"cat {DRIVER_TIMEOUT_MS}", check=True).stdout.strip()
-    vm.run(f"echo {ms} > {DRIVER_TIMEOUT_MS}", check=True)
+def driver_param(vm: VM, name: str, value: str) -> Iterator[None]:
+    """The driver's writable module parameter ``name`` at ``value`` for a block."""
+    path = f"{DRIVER_PARAMS}/{name}"
+    before = vm.run(f"cat {path}", check=True).stdout.strip()
+    vm.run(f"echo {value} > {path}", check=True)
     try:
         yield
     finally:
         if vm.is_running():
-            vm.run(f"echo {before} > {DRIVER_TIMEOUT_MS}", check=True)
+            vm.run(f"echo {before} > {path}", check=True)
+
+
+def driver_timeout(vm: VM, ms: int) -> AbstractContextManager[None]:
+    """The driver's watchdog (its timeout_ms parameter) at ``ms`` for a block."""
+    return driver_param(vm, "timeout_ms", str(ms))
 
 
 def assert_still_works(vm: VM) -> None:

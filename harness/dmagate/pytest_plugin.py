@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+import sys
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from dmagate import artifacts, gdb
 from dmagate.accel import Accelerator, resolve_accelerator
 from dmagate.health import HealthReport, HealthWatch, project_leaks
 from dmagate.ownership import Violation
@@ -54,13 +55,14 @@ class Bench:
     paths: BuildPaths
     flavour: str
     accelerator: Accelerator
+    gdb: bool = False  # every VM with QEMU's gdb stub (--gdb-on-failure)
 
     def scale(self, seconds: float) -> float:
         """A timeout written for KVM and a stock kernel, stretched for this bench."""
         return self.accelerator.scale(seconds) * kernel_timeout_factor(self.flavour)
 
     def options(self, **overrides: Any) -> VMOptions:
-        return replace(VMOptions(flavour=self.flavour), **overrides)
+        return replace(VMOptions(flavour=self.flavour, gdb=self.gdb), **overrides)
 
     def new_vm(self, **overrides: Any) -> VM:
         return VM(self.options(**overrides), self.paths, self.accelerator)
@@ -119,6 +121,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "QMP read per VM)",
     )
     group.addoption(
+        "--gdb-on-failure",
+        action="store_true",
+        help="boot every VM with QEMU's gdb stub; when a test fails, keep its VMs "
+             "paused, print their gdb command lines and wait for Enter on the terminal",
+    )
+    group.addoption(
         "--accel",
         default=os.environ.get("DMAGATE_ACCEL", "auto"),
         help="accelerator: auto (KVM if it really runs guests), kvm or tcg",
@@ -143,6 +151,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "driver had not given it, on purpose",
     )
     config.stash[_OWNERSHIP_KEY] = _OwnershipTally()
+    if config.getoption("gdb_on_failure"):
+        try:
+            Path("/dev/tty").open().close()
+        except OSError as err:
+            raise pytest.UsageError(
+                f"--gdb-on-failure waits for Enter on a terminal; there is none ({err})"
+            ) from err
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -168,7 +183,7 @@ def dmagate_bench(request: pytest.FixtureRequest) -> Bench:
     paths = BuildPaths.discover()
     flavour = str(request.config.getoption("kernel"))
     accelerator = resolve_accelerator(str(request.config.getoption("accel")), paths.qemu)
-    return Bench(paths, flavour, accelerator)
+    return Bench(paths, flavour, accelerator, gdb=bool(request.config.getoption("gdb_on_failure")))
 
 
 def _watch(request: pytest.FixtureRequest, vm: VM, from_boot: bool) -> None:
@@ -347,7 +362,11 @@ def pytest_runtest_makereport(
     if vms is None or not report.failed:
         return report
     health = {h.vm_name: h for h in item.stash.get(_HEALTH_KEY, [])}
-    artifacts = _artifact_dir(item)
+    paths = BuildPaths.discover()
+    directory = artifacts.artifact_dir(paths.artifacts, item.nodeid)
+    repro = artifacts.repro_command(paths.root, item.nodeid,
+                                    str(item.config.getoption("kernel")), sys.executable)
+    (directory / artifacts.REPRO_FILE).write_text(repro + "\n")
     for watch in vms.watches:
         vm = watch.vm
         name = vm.options.name
@@ -355,24 +374,32 @@ def pytest_runtest_makereport(
         report.sections.append((f"dmagate {name}: last console lines", tail))
         if name in health and health[name].splats:
             report.sections.append((f"dmagate {name}: kernel splats", health[name].describe()))
-        _save_artifacts(vm, watch, artifacts / name)
-    report.sections.append(("dmagate artifacts", str(artifacts)))
+        artifacts.save_vm(vm, vm.console.log_slice(watch.log_mark), directory / name)
+    report.sections.append(("dmagate artifacts", f"{directory}\nrun it alone: {repro}"))
+    if item.config.getoption("gdb_on_failure"):
+        _hold_for_gdb(item, [w.vm for w in vms.watches])
     return report
 
 
-def _artifact_dir(item: pytest.Item) -> Path:
-    paths = BuildPaths.discover()
-    safe = re.sub(r"[^\w.-]+", "_", item.nodeid).strip("_")
-    directory = paths.artifacts / safe
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    return directory
+def _hold_for_gdb(item: pytest.Item, vms: list[VM]) -> None:
+    """Pause the failed test's VMs and wait at the terminal while someone
+    debugs them; they run on (or are torn down) after Enter."""
+    held = [vm for vm in vms if vm.is_running() and vm.gdb_port]
+    if not held:
+        return
+    lines = []
+    for vm in held:
+        command = gdb.describe(vm)  # the module addresses, read while it runs
+        vm.qmp.cmd("stop")
+        lines.append(f"dmagate {vm.options.name}: paused, gdb stub on "
+                     f"{gdb.GDB_HOST}:{vm.gdb_port}; debug it with:\n  {command}")
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled(), Path("/dev/tty").open() as tty:
+        print(f"\n{item.nodeid} failed.", *lines, sep="\n")
+        print("dmagate: press Enter to go on", flush=True)
+        tty.readline()
+    for vm in held:
+        if vm.is_running():
+            vm.qmp.cmd("cont")
 
 
-def _save_artifacts(vm: VM, watch: HealthWatch, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "console.log").write_text(vm.console.log_slice(watch.log_mark))
-    (directory / "qemu-cmdline.txt").write_text(" ".join(vm.argv) + "\n")
-    for transcript in (vm.qmp_log, vm.ssh_log):
-        if transcript is not None:
-            shutil.copyfile(transcript.path, directory / transcript.path.name)

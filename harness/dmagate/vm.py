@@ -25,6 +25,7 @@ from types import TracebackType
 
 import pexpect
 
+from dmagate import gdb
 from dmagate import splat as splat_parser
 from dmagate import taint as taint_flags
 from dmagate.accel import Accelerator, resolve_accelerator
@@ -73,6 +74,8 @@ class VMOptions:
     # A second QMP monitor for people and their fault-injection scripts; the
     # harness keeps the first one to itself.
     user_qmp: bool = False
+    # QEMU's gdb stub on 127.0.0.1 (dmagate.gdb); the guest boots with nokaslr.
+    gdb: bool = False
 
 
 @dataclass
@@ -108,6 +111,7 @@ class VM:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # unix socket paths are limited to 107 bytes; keep it short.
         self.qmp_socket = Path(tempfile.mkdtemp(prefix="dmagate-")) / "qmp.sock"
+        self.gdb_port = gdb.free_port() if self.options.gdb else None
         self.spec = GuestSpec(
             qemu=self.paths.qemu,
             kernel=self.image_dir / self.manifest.extra.get("boot_kernel", "vmlinuz"),
@@ -117,9 +121,12 @@ class VM:
             accel=self.accel.name,
             cpus=self.options.cpus,
             memory_mib=self.options.memory_mib or (1024 if debug else 512),
-            kernel_args=(*(DEBUG_KERNEL_ARGS if debug else ()), *self.options.kernel_args),
+            kernel_args=(*(DEBUG_KERNEL_ARGS if debug else ()),
+                         *(("nokaslr",) if self.options.gdb else ()),
+                         *self.options.kernel_args),
             devices=self.options.devices,
-            extra_args=self.options.extra_qemu_args,
+            extra_args=(*self.options.extra_qemu_args,
+                        *(gdb.qemu_args(self.gdb_port) if self.gdb_port else ())),
         )
         self.user_qmp_socket = (
             self.qmp_socket.with_name("user-qmp.sock") if self.options.user_qmp else None
@@ -211,6 +218,14 @@ class VM:
     def is_running(self) -> bool:
         return self._child is not None and bool(self._child.isalive())
 
+    def run_state(self) -> str:
+        """QEMU's run state: "running", "paused", "guest-panicked", ..."""
+        return str(self.qmp.cmd("query-status")["status"])
+
+    def guest_running(self) -> bool:
+        """The vCPUs run (QEMU has not paused the guest for a panic or gdb)."""
+        return self.run_state() == "running"
+
     def shutdown(self) -> int | None:
         """Power off from inside the guest; escalate to QMP quit, then SIGKILL.
 
@@ -220,11 +235,14 @@ class VM:
             return None
         self.stopped = True
         timeout = self.scale(SHUTDOWN_TIMEOUT)
+        asked = False
         with contextlib.suppress(Exception):
-            if self._ssh is not None and self.is_running():
+            # A paused guest (panicked, or held for gdb) would never answer.
+            if self._ssh is not None and self.is_running() and self.guest_running():
                 # The command cannot report back: the guest is gone at once.
                 self._ssh.client.exec_command("poweroff -f")
-        status = self._wait_exit(timeout)
+                asked = True
+        status = self._wait_exit(timeout if asked else 0.1)
         if status is None and self.is_running():
             with contextlib.suppress(Exception):
                 self.qmp.cmd("quit")

@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dmagate.bench.cycle import LAYOUTS, PROTECTIONS, CycleCase, all_cases, cycles_for
+from dmagate.bench.cycle import (
+    LAYOUTS,
+    PROTECTIONS,
+    CycleCase,
+    all_cases,
+    combine_rounds,
+    cycles_for,
+)
 from dmagate.bench.report import cycle_ratios, plot, summary, write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -15,7 +22,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _row(protect: str, layout: str, size: str, median_ns: int) -> dict[str, Any]:
     return {"protect": protect, "layout": layout, "size": size, "median_ns": median_ns,
-            "submit_ns": 30, "zap_ns": 10, "device_ns": 50, "wake_ns": 5, "touch_ns": 40,
+            "submit_ns": 30, "zap_ns": 10, "device_ns": 50, "wake_ns": 5, "wait_map_ns": 2,
+            "touch_ns": 40,
             "fault_ns": 20, "map_ns": 15, "protect_ns": 0, "faults": 1, "pmds": 0}
 
 
@@ -74,3 +82,12 @@ def test_bigger_buffers_run_fewer_cycles_but_never_fewer_than_ten() -> None:
     assert cycles_for("4K", 1000) == 1000
     assert cycles_for("1M", 1000) == 250
     assert cycles_for("64M", 1000) == 10
+
+
+def test_rounds_combine_into_medians_with_counts_summed_and_extremes_kept() -> None:
+    rounds = [{"protect": "driver", "size": "4K", "cycles": 200, "bad": 0, "median_ns": m,
+               "min_ns": m - 10, "max_ns": m + 100, "zap_ns": z}
+              for m, z in ((300, 5), (100, 7), (200, 6))]
+    combined = combine_rounds(rounds)
+    assert combined == {"protect": "driver", "size": "4K", "cycles": 600, "bad": 0,
+                        "median_ns": 200, "min_ns": 90, "max_ns": 400, "zap_ns": 6}

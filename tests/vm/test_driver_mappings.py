@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from dmagate.devicefaults import device_faults
-from dmagate.guesttool import EXIT_MISMATCH, EXIT_OK, dmagatectl
+from dmagate.guesttool import EXIT_MISMATCH, EXIT_OK, dmagatectl, driver_param
 from dmagate.vm import VM
 
 UNSAFE_SWITCH = "/sys/kernel/debug/dmagate/unsafe_no_revoke"
@@ -54,7 +54,16 @@ def test_revocation_is_on_unless_the_unsafe_switch_is_set(vm: VM) -> None:
     assert "unsafe_no_revoke: programs keep their pages during DMA" in dmesg, dmesg
 
 
-def test_a_64m_regrant_takes_32_faults_and_pmd_entries_where_the_kernel_can(vm: VM) -> None:
+@pytest.fixture
+def faulting(vm: VM) -> Iterator[VM]:
+    """Pages come back by faults only: read() and WAIT map nothing."""
+    with driver_param(vm, "map_on_wait", "N"):
+        yield vm
+
+
+def test_a_64m_regrant_takes_32_faults_and_pmd_entries_where_the_kernel_can(
+        faulting: VM) -> None:
+    vm = faulting
     run = dmagatectl(vm, "cycle -s 64M -n 3 --verify")
     assert run.status == EXIT_OK, run.describe()
     assert run["kernel_parts"] == "yes" and run["bad"] == "0", run.describe()
@@ -64,12 +73,35 @@ def test_a_64m_regrant_takes_32_faults_and_pmd_entries_where_the_kernel_can(vm: 
 
 
 @pytest.mark.parametrize(("layout", "faults"), [("--vmas 16", 16), ("--children 4", 2)])
-def test_revocation_covers_split_and_inherited_mappings(vm: VM, layout: str, faults: int) -> None:
+def test_revocation_covers_split_and_inherited_mappings(faulting: VM, layout: str,
+                                                         faults: int) -> None:
     # 4 MiB: two 2 MiB runs in one VMA, or 16 VMAs that each fault alone.
-    run = dmagatectl(vm, f"cycle -s 4M -n 3 --verify {layout}")
+    run = dmagatectl(faulting, f"cycle -s 4M -n 3 --verify {layout}")
     assert run.status == EXIT_OK, run.describe()
     assert run["bad"] == "0" and run["errors"] == "0"
     assert int(run["faults"]) == faults, run.describe()
+
+
+@pytest.mark.parametrize("layout", ["", "--vmas 16"])
+def test_the_read_maps_the_range_back_into_the_readers_mappings(vm: VM, layout: str) -> None:
+    # 1 MiB (64 KiB chunks, PTEs): after the read, touching it all faults never.
+    run = dmagatectl(vm, f"cycle -s 1M -n 3 --verify {layout}".rstrip())
+    assert run.status == EXIT_OK, run.describe()
+    assert run["bad"] == "0" and run["errors"] == "0"
+    assert run["faults"] == "0" and int(run["wait_map_ns"]) > 0, run.describe()
+
+
+def test_stretches_one_pmd_maps_are_left_to_fault(vm: VM) -> None:
+    if not maps_pfns_with_pmds(vm):
+        pytest.skip("this kernel maps PFNs with PTEs only: nothing is left to a PMD fault")
+    # 4 MiB in one mapping: two whole 2 MiB stretches, one PMD fault each.
+    run = dmagatectl(vm, "cycle -s 4M -n 3 --verify")
+    assert run.status == EXIT_OK, run.describe()
+    assert run["faults"] == "2" and run["pmds"] == "2", run.describe()
+    # 16 VMAs of 256 KiB: no stretch a PMD can map, so the read maps them all.
+    split = dmagatectl(vm, "cycle -s 4M -n 3 --verify --vmas 16")
+    assert split.status == EXIT_OK, split.describe()
+    assert split["faults"] == "0", split.describe()
 
 
 def test_mprotect_around_transfers_works_with_the_switch(unsafe: VM) -> None:

@@ -15,6 +15,9 @@ Three ways to keep the program off the buffer while the device owns it:
 
 Each at every size, with the buffer mapped once, in 16 VMAs, or mapped
 also by 4 forked children (what a revocation has to walk grows with each).
+The cases run in rounds, every case once per round, and a case's numbers
+are the medians of its rounds: a slow stretch of the host (two cores, TCG)
+then lands on every protection alike instead of on one of them.
 """
 
 from __future__ import annotations
@@ -35,8 +38,6 @@ PROTECTIONS = ("driver", "none", "mprotect")
 LAYOUTS = {"one": "", "vmas16": "--vmas 16", "children4": "--children 4"}
 SIZES = ("4K", "64K", "1M", "4M", "64M")
 UNSAFE_SWITCH = "/sys/kernel/debug/dmagate/unsafe_no_revoke"
-# The per-cycle parts dmagatectl reports (medians over the cycles, ns).
-PARTS = ("submit_ns", "zap_ns", "device_ns", "wake_ns", "touch_ns", "fault_ns", "map_ns")
 
 
 @dataclass(frozen=True)
@@ -80,18 +81,51 @@ def run_case(vm: VM, case: CycleCase, cycles: int) -> dict[str, Any]:
                ("cycles", "faults", "pmds", "errors", "bad")}}
 
 
+ROUNDS = 5
+# Fields of a round's result that are not per-cycle medians.
+_SUMMED = ("cycles", "errors", "bad")
+
+
+def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case's rounds as one result: counts summed, extremes kept, every
+    other number the median of the rounds' medians."""
+    first = rounds[0]
+    out: dict[str, Any] = {}
+    for key, value in first.items():
+        values = [r[key] for r in rounds]
+        if not isinstance(value, int):
+            out[key] = value
+        elif key in _SUMMED:
+            out[key] = sum(values)
+        elif key == "min_ns":
+            out[key] = min(values)
+        elif key == "max_ns":
+            out[key] = max(values)
+        else:
+            out[key] = int(statistics.median(values))
+    return out
+
+
 def measure_cycles(options: VMOptions, paths: BuildPaths, setup: CycleSetup,
-                   cases: Iterable[CycleCase], budget: int) -> list[dict[str, Any]]:
-    """Every case in one guest, the device in zero-delay mode."""
+                   cases: Iterable[CycleCase], budget: int, *,
+                   rounds: int = ROUNDS) -> list[dict[str, Any]]:
+    """Every case in one guest, the device in zero-delay mode, in ``rounds``
+    rounds of a share of each case's cycles."""
     if setup.iommu:
         options = replace(options, devices=IOMMU_DEVICES,
                           kernel_args=(*options.kernel_args, *IOMMU_STRICT_ARGS))
     options = replace(options, kernel_args=(*options.kernel_args, "dmagate.noload"))
+    cases = list(cases)
+    per_case: list[list[dict[str, Any]]] = [[] for _ in cases]
     with VM(options, paths) as vm:
         vm.run(f"insmod /lib/modules/dmagate.ko dma_map={setup.dma_map}", check=True)
         with device_faults(vm, **{"zero-delay": True}):
-            results = [run_case(vm, case, cycles_for(case.size, budget)) for case in cases]
-    return [{**r, "dma_map": setup.dma_map, "iommu": setup.iommu} for r in results]
+            for _ in range(rounds):
+                for case, results in zip(cases, per_case, strict=True):
+                    cycles = max(2, cycles_for(case.size, budget) // rounds)
+                    results.append(run_case(vm, case, cycles))
+    return [{**combine_rounds(r), "rounds": rounds, "dma_map": setup.dma_map,
+             "iommu": setup.iommu} for r in per_case]
 
 
 def all_cases(sizes: Iterable[str] = SIZES, protections: Iterable[str] = PROTECTIONS,
