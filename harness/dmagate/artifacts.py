@@ -9,7 +9,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from dmagate.vm import VM
+from dmagate.vm import CMDLINE_FILE, VM
 
 REPRO_FILE = "repro.txt"
 
@@ -36,7 +36,7 @@ def repro_command(repo: Path, nodeid: str, flavour: str, python: str) -> str:
 def save_vm(vm: VM, console_log: str, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "console.log").write_text(console_log)
-    (directory / "qemu-cmdline.txt").write_text(shlex.join(vm.argv) + "\n")
-    for transcript in (vm.qmp_log, vm.ssh_log):
-        if transcript is not None:
-            shutil.copyfile(transcript.path, directory / transcript.path.name)
+    for path in (vm.workdir / CMDLINE_FILE,
+                 *(t.path for t in (vm.qmp_log, vm.ssh_log) if t is not None)):
+        if path.exists():
+            shutil.copyfile(path, directory / path.name)

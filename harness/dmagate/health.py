@@ -84,8 +84,9 @@ class HealthWatch:
             if not self.vm.stopped:
                 report.problem = "QEMU exited during the test"
             return report
-        if not self.vm.guest_running():
-            report.problem = f"the guest is not running (QEMU: {self.vm.run_state()})"
+        state = self.vm.run_state()
+        if state != "running":
+            report.problem = f"the guest is not running (QEMU: {state})"
             return report
         try:
             report.new_taint = self.vm.new_taint(self.taint)

@@ -45,6 +45,8 @@ DEBUG_FLAVOUR = "debug"
 # single leaked kmalloc() was reported in 3 of 12 scans. Zeroing every
 # allocation removes those pointers (42 of 42).
 DEBUG_KERNEL_ARGS = ("init_on_alloc=1",)
+# In the VM's workdir: the QEMU command line, shell-quoted.
+CMDLINE_FILE = "qemu-cmdline.txt"
 
 # Base timeouts in seconds for a KVM guest; Accelerator.scale stretches them.
 BOOT_TIMEOUT = 15.0
@@ -150,7 +152,7 @@ class VM:
 
     def start(self, wait: bool = True) -> VM:
         """Start QEMU, attach console and QMP; with ``wait``, also SSH."""
-        (self.workdir / "qemu-cmdline.txt").write_text(shlex.join(self.argv) + "\n")
+        (self.workdir / CMDLINE_FILE).write_text(shlex.join(self.argv) + "\n")
         self._started = time.monotonic()
         try:
             self._child = pexpect.spawn(
