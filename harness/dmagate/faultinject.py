@@ -22,7 +22,16 @@ KINDS = {"slab": "failslab", "page": "fail_page_alloc"}
 # "times" counts down as failures are injected; this large budget is "no limit".
 UNLIMITED = 1_000_000
 # require-start/require-end as the kernel sets them: no stack filter at all.
-NO_STACK_FILTER = {"require-start": 0, "require-end": 2**64 - 1}
+NO_STACK_FILTER = {"require-start": 0, "require-end": 2**64 - 1,
+                   "reject-start": 0, "reject-end": 0}
+# DMA-API debugging's entry points (kernel/dma/debug.c), found in
+# /proc/kallsyms: dma_map_*() and friends call one of them before anything
+# dma-debug allocates for its bookkeeping.
+_DMA_DEBUG_ENTRY = re.compile(r"^debug_dma_\w+$")
+# The file's text is a few tens of KiB; a span wider than this means the
+# symbols were not where they were expected, and rejecting it could hide
+# every allocation.
+_DMA_DEBUG_MAX_SPAN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,33 @@ def _module_range(vm: VM, module: str) -> tuple[int, int]:
                                check=True).stdout, 16)
             return start, int(fields[5], 16) + int(fields[1])
     raise ValueError(f"module {module} is not loaded")
+
+
+def _dma_debug_range(vm: VM) -> dict[str, int]:
+    """reject-start/reject-end around DMA-API debugging's own code.
+
+    dma-debug allocates for its bookkeeping inside the driver's dma_map_*()
+    calls, within a few frames of the driver. A failure injected there does
+    not reach the driver: dma-debug switches itself off for the rest of the
+    boot ("cacheline tracking ENOMEM, dma-debug disabled"), which the splat
+    check rightly reports, since every later DMA-API check is then gone. So
+    those allocations are never failed. Where the kernel has no dma-debug,
+    no range is rejected.
+    """
+    text = sorted(
+        (int(fields[0], 16), fields[2])
+        for fields in (line.split() for line in
+                       vm.run("cat /proc/kallsyms", check=True).stdout.splitlines())
+        if len(fields) == 3 and fields[1] in "tT"
+    )
+    entries = [i for i, (_address, name) in enumerate(text) if _DMA_DEBUG_ENTRY.match(name)]
+    if not entries or entries[-1] + 1 >= len(text):
+        return {"reject-start": 0, "reject-end": 0}
+    # From the first entry point up to the function after the last one.
+    start, end = text[entries[0]][0], text[entries[-1] + 1][0]
+    if not 0 < end - start <= _DMA_DEBUG_MAX_SPAN:
+        raise AssertionError(f"dma-debug's entry points span {start:#x}..{end:#x}")
+    return {"reject-start": start, "reject-end": end}
 
 
 def fail_allocations(
@@ -74,7 +110,8 @@ def fail_allocations(
     }
     if module is not None:
         start, end = _module_range(vm, module)
-        settings |= {"require-start": start, "require-end": end, "stacktrace-depth": 32}
+        settings |= {"require-start": start, "require-end": end, "stacktrace-depth": 32,
+                     **_dma_debug_range(vm)}
     else:
         settings |= NO_STACK_FILTER
     if kind == "page":
@@ -99,10 +136,12 @@ def fail_allocations(
     return FaultResult(result, budget - remaining)
 
 
-def _filter_settings(kind: str, start: int, end: int, depth: int) -> dict[str, int | str]:
+def _filter_settings(
+    kind: str, start: int, end: int, depth: int, reject: dict[str, int]
+) -> dict[str, int | str]:
     settings: dict[str, int | str] = {
         "probability": 0, "task-filter": "N", "ignore-gfp-wait": "N", "verbose": 0,
-        "require-start": start, "require-end": end, "stacktrace-depth": depth,
+        "require-start": start, "require-end": end, "stacktrace-depth": depth, **reject,
     }
     if kind == "page":
         settings |= {"ignore-gfp-highmem": "N", "min-order": 0}
@@ -143,11 +182,13 @@ def fail_each_allocation(
     below it. With no such limit, a probe walk reaches the ACPI interpreter
     evaluating _PRT under pci_enable_device(), hundreds of allocations,
     and on 6.12.117 an ACPICA use-after-free on one of those failure paths
-    (KASAN: slab-use-after-free in acpi_ns_get_attached_object).
+    (KASAN: slab-use-after-free in acpi_ns_get_attached_object). DMA-API
+    debugging's own allocations are never failed (``_dma_debug_range``).
     """
     start, end = _module_range(vm, module)
+    reject = _dma_debug_range(vm)
     for kind, attr in KINDS.items():
-        setup = _filter_settings(kind, start, end, depth)
+        setup = _filter_settings(kind, start, end, depth, reject)
         vm.run("; ".join(f"echo {v} > {DEBUGFS}/{attr}/{k}" for k, v in setup.items()),
                check=True)
     failures: list[NthFailure] = []
