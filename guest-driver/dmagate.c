@@ -66,7 +66,6 @@
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
-#include <linux/pfn_t.h>
 #include <linux/mount.h>
 #include <linux/pci.h>
 #include <linux/poll.h>
@@ -113,6 +112,13 @@
  */
 #define DMAGATE_MAX_TIMEOUT_MS	60000
 #define DMAGATE_TRACE_INSTANCE	"dmagate"
+
+#ifdef DMAGATE_HAVE_PFN_T	/* before 6.17 */
+#include <linux/pfn_t.h>
+#define dmagate_pmd_pfn(pfn)	pfn_to_pfn_t(pfn)
+#else
+#define dmagate_pmd_pfn(pfn)	(pfn)
+#endif
 
 #ifndef PCI_IRQ_INTX
 #define PCI_IRQ_INTX		PCI_IRQ_LEGACY
@@ -719,8 +725,13 @@ static int dmagate_xfer_map(struct dmagate_xfer *xfer)
 		map->idx = span.idx;
 		map->in = span.in;
 		map->len = span.len;
-		map->addr = dma_map_page(dma_dev, nth_page(sess->chunks[span.idx],
-							   span.in >> PAGE_SHIFT),
+		/*
+		 * A chunk is one alloc_pages() block, never wider than a
+		 * memory section, so its struct pages are contiguous (6.18
+		 * removed nth_page() on that ground).
+		 */
+		map->addr = dma_map_page(dma_dev, sess->chunks[span.idx] +
+					 (span.in >> PAGE_SHIFT),
 					 offset_in_page(span.in), span.len, xfer->dir);
 		if (dma_mapping_error(dma_dev, map->addr))
 			return -ENOMEM;	/* the caller unmaps what was mapped */
@@ -1236,7 +1247,7 @@ static vm_fault_t dmagate_vm_huge_fault(struct vm_fault *vmf, unsigned int order
 	    (!dmagate_owned_run(sess, pgoff, &first, &last) ||
 	     last < pgoff + (1UL << PMD_ORDER)))
 		goto out_unlock;
-	ret = vmf_insert_pfn_pmd(vmf, pfn_to_pfn_t(dmagate_pfn(sess, pgoff)),
+	ret = vmf_insert_pfn_pmd(vmf, dmagate_pmd_pfn(dmagate_pfn(sess, pgoff)),
 				 vmf->flags & FAULT_FLAG_WRITE);
 	atomic64_add(ktime_get_ns() - start, &cycle->map_ns);
 	atomic64_add(ktime_get_ns() - start, &cycle->fault_ns);
@@ -2308,7 +2319,8 @@ static int __init dmagate_init(void)
 		pr_err(DRV_NAME ": dma_map=%s: use session or transfer\n", dma_map);
 		return -EINVAL;
 	}
-	dmagate_wq = alloc_workqueue(DRV_NAME, 0, 0);
+	/* Unbound: device removal needs no particular CPU (7.x asks to say so). */
+	dmagate_wq = alloc_workqueue(DRV_NAME, WQ_UNBOUND, 0);
 	if (!dmagate_wq)
 		return -ENOMEM;
 	dmagate_mnt = kern_mount(&dmagate_fs_type);
