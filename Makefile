@@ -1,11 +1,12 @@
 # dmagate: `make demo` shows the bench working, `make test` proves it.
 # Every target builds only what is stale; `make help` lists them.
 
+# A flavour (6.12, 6.1, 7.3, debug) or the path of a built kernel tree.
 KERNEL ?= 6.12
-# Kernel flavours `make test` runs the VM suite on: Debian's 6.12 and 6.1
-# cloud kernels, and 6.12 built with KASAN, lockdep, DMA-API debug,
-# kmemleak and fault injection (debug: ~21 min to build cold, then cached).
-TEST_KERNELS ?= 6.12 6.1 debug
+# Kernel flavours `make test` runs the VM suite on: Debian's 6.12, 6.1 and
+# 7.3 cloud kernels, and 6.12 built with KASAN, lockdep, DMA-API debug,
+# kmemleak and fault injection (debug: ~7 min to build cold, then cached).
+TEST_KERNELS ?= 6.12 6.1 7.3 debug
 PYTEST_ARGS ?=
 
 VENV    := .venv
@@ -15,7 +16,13 @@ BUILD   := build
 QEMU    := $(BUILD)/qemu/qemu-system-x86_64
 # The same QEMU built with AddressSanitizer and UBSan, for device-test-asan.
 QEMU_ASAN := $(BUILD)/qemu-asan/qemu-system-x86_64
-IMAGE    = $(BUILD)/image-$(KERNEL)
+# KERNEL=/path/to/linux (bring your own kernel): the harness and the image
+# build agree on its image directory (dmagate.flavours), and it is rebuilt
+# on every `make image`, since make cannot see the tree's own changes.
+KERNEL_TREE = $(if $(findstring /,$(KERNEL)),$(abspath $(KERNEL)))
+KERNEL_ARG  = $(or $(KERNEL_TREE),$(KERNEL))
+IMAGE       = $(if $(KERNEL_TREE),,$(BUILD)/image-$(KERNEL))
+IMAGE_OUT   = $(if $(IMAGE),--out $(IMAGE))
 
 QEMU_INPUTS   := $(shell find qemu-device -type f -not -name README.md 2>/dev/null) \
                  guest-driver/include/dmagate_hw.h
@@ -28,7 +35,8 @@ IMAGE_INPUTS  := $(wildcard images/*.py) images/init images/kernel-debug.config 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  variables: KERNEL=$(KERNEL) (6.12, 6.1 or debug), TEST_KERNELS=\"$(TEST_KERNELS)\""
+	@echo "  variables: KERNEL=$(KERNEL) (6.12, 6.1, 7.3, debug or a kernel tree's path)," \
+		"TEST_KERNELS=\"$(TEST_KERNELS)\""
 
 deps: ## Debian packages and the project venv (.venv)
 	@bash scripts/deps.sh
@@ -56,19 +64,23 @@ $(QEMU_ASAN): $(QEMU_INPUTS) | deps
 		touch -d @$$start $(QEMU_ASAN)
 
 driver: deps ## the guest modules and tools, against KERNEL's headers
-	@$(PY) images/build_image.py --flavour $(KERNEL) --out $(IMAGE) --driver-only
+	@$(PY) images/build_image.py --flavour $(KERNEL_ARG) $(IMAGE_OUT) --driver-only
 
-image: qemu $(IMAGE)/manifest.json ## the bootable guest for KERNEL
+image: qemu $(if $(KERNEL_TREE),tree-image,$(IMAGE)/manifest.json) ## the bootable guest for KERNEL
+
+tree-image: $(QEMU) | deps
+	@$(PY) images/build_image.py --flavour $(KERNEL_TREE) \
+		--qemu-build-info $(BUILD)/qemu/build-info.json
 
 $(BUILD)/image-%/manifest.json: $(IMAGE_INPUTS) $(QEMU) | deps
 	@$(PY) images/build_image.py --flavour $* --out $(BUILD)/image-$* \
 		--qemu-build-info $(BUILD)/qemu/build-info.json
 
 demo: image ## boot the guest, show the device, print boot time and manifest
-	@$(DMAGATE) --kernel $(KERNEL) demo
+	@$(DMAGATE) --kernel $(KERNEL_ARG) demo
 
 shell: image ## boot and attach to the guest's serial console (Ctrl-] quits)
-	@$(DMAGATE) --kernel $(KERNEL) boot
+	@$(DMAGATE) --kernel $(KERNEL_ARG) boot
 
 lint: deps ## ruff and mypy over the Python
 	@$(VENV)/bin/ruff check harness images tests examples
@@ -85,12 +97,13 @@ device-test-asan: qemu-asan ## the device tests on the sanitizer QEMU; a report 
 		--junitxml=$(BUILD)/test-results/device-asan.xml
 
 vm-test: image ## the VM tests on KERNEL
-	@$(VENV)/bin/pytest tests/vm --kernel $(KERNEL) $(PYTEST_ARGS) \
-		--ignore=tests/vm/test_examples.py --junitxml=$(BUILD)/test-results/vm-$(KERNEL).xml
+	@$(VENV)/bin/pytest tests/vm --kernel $(KERNEL_ARG) $(PYTEST_ARGS) \
+		--ignore=tests/vm/test_examples.py \
+		--junitxml=$(BUILD)/test-results/vm-$(notdir $(KERNEL_ARG)).xml
 
 examples: image ## run every script in examples/ against a VM of its own (KERNEL)
-	@$(VENV)/bin/pytest tests/vm/test_examples.py --kernel $(KERNEL) $(PYTEST_ARGS) -s \
-		--junitxml=$(BUILD)/test-results/examples-$(KERNEL).xml
+	@$(VENV)/bin/pytest tests/vm/test_examples.py --kernel $(KERNEL_ARG) $(PYTEST_ARGS) -s \
+		--junitxml=$(BUILD)/test-results/examples-$(notdir $(KERNEL_ARG)).xml
 
 test: lint qemu ## everything: lint, unit, device (plain, then ASan/UBSan), VM tests (TEST_KERNELS), examples
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
@@ -101,7 +114,7 @@ test: lint qemu ## everything: lint, unit, device (plain, then ASan/UBSan), VM t
 	@$(MAKE) --no-print-directory examples KERNEL=$(firstword $(TEST_KERNELS))
 
 bench: image ## boot vs its floor, device vs host memcpy/CRC-32, the cycle vs no protection and mprotect -> build/bench/ (JSON, PNG)
-	@$(DMAGATE) --kernel $(KERNEL) bench --out $(BUILD)/bench
+	@$(DMAGATE) --kernel $(KERNEL_ARG) bench --out $(BUILD)/bench
 
 clean: ## remove build/ (the download and QEMU caches in ~/.cache/dmagate stay)
 	rm -rf $(BUILD)
@@ -109,6 +122,6 @@ clean: ## remove build/ (the download and QEMU caches in ~/.cache/dmagate stay)
 distclean: clean ## also remove .venv and ~/.cache/dmagate
 	rm -rf $(VENV) $${DMAGATE_CACHE:-$$HOME/.cache/dmagate}
 
-.PHONY: help deps qemu qemu-asan driver image demo shell lint unit-test device-test \
+.PHONY: help deps qemu qemu-asan driver image tree-image demo shell lint unit-test device-test \
 	device-test-asan vm-test examples test bench \
 	clean distclean

@@ -120,6 +120,10 @@
 #define dmagate_pmd_pfn(pfn)	(pfn)
 #endif
 
+#ifndef kzalloc_obj	/* 7.x: typed allocators, which its checkpatch asks for */
+#define kzalloc_obj(obj, gfp)	kzalloc(sizeof(obj), gfp)
+#endif
+
 #ifndef PCI_IRQ_INTX
 #define PCI_IRQ_INTX		PCI_IRQ_LEGACY
 #endif
@@ -1484,7 +1488,7 @@ static long dmagate_ioc_submit(struct dmagate_session *sess, void __user *uarg)
 	if (put_user(0ULL, &usubmit->seq))
 		return -EFAULT;
 
-	xfer = kzalloc(sizeof(*xfer), GFP_KERNEL);
+	xfer = kzalloc_obj(*xfer, GFP_KERNEL);
 	if (!xfer)
 		return -ENOMEM;
 	INIT_LIST_HEAD(&xfer->posted);
@@ -1752,7 +1756,7 @@ static int dmagate_open(struct inode *inode, struct file *file)
 	struct dmagate_session *sess;
 	int ret;
 
-	sess = kzalloc(sizeof(*sess), GFP_KERNEL);
+	sess = kzalloc_obj(*sess, GFP_KERNEL);
 	if (!sess)
 		return -ENOMEM;
 	sess->inode = alloc_anon_inode(dmagate_mnt->mnt_sb);
@@ -2063,7 +2067,7 @@ static int dmagate_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	u32 ident;
 	int ret;
 
-	dev = kzalloc(sizeof(*dev), GFP_KERNEL);
+	dev = kzalloc_obj(*dev, GFP_KERNEL);
 	if (!dev)
 		return -ENOMEM;
 	kref_init(&dev->ref);

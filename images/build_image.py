@@ -1,12 +1,12 @@
-"""Build a bootable dmagate guest: Debian kernel + initramfs + manifest.
+"""Build a bootable dmagate guest: kernel + initramfs + manifest.
 
     python images/build_image.py --flavour 6.12 --out build/image-6.12 \
         --qemu-build-info build/qemu/build-info.json
 
-The kernel flavour is resolved to the newest version the configured Debian
-archive offers at build time; its image, headers and kbuild packages are
-downloaded (never installed on the host) into the cache and unpacked there.
-The guest driver and the test-only modules are built against those headers,
+The kernel is a Debian cloud kernel resolved to the newest of its series at
+build time (debian_kernel.py), the debug kernel built here (debug_kernel.py),
+or a developer's own tree (kernel_tree.py). The guest driver and the
+test-only modules are built against its headers with W=1,
 the guest tools statically, and everything goes into an uncompressed newc
 initramfs together with busybox, dropbear and an init script. Keys are made
 per build and live only in the output directory.
@@ -26,14 +26,10 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from buildutil import (
     BuildError,
-    candidate,
-    depends,
-    download,
     installed_version,
     run,
     run_both,
@@ -41,10 +37,13 @@ from buildutil import (
 )
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from debug_kernel import DEBUG_FLAVOUR, debug_kernel
+from debian_kernel import debian_kernel
+from debug_kernel import debug_kernel
 from kernel_inputs import KernelInputs
+from kernel_tree import kernel_from_tree
 
 from dmagate.cmdline import FAST_BIOS, FIRMWARE_DIRS
+from dmagate.flavours import DEBUG_FLAVOUR, FLAVOURS, FlavourError, image_dir_name, is_kernel_tree
 from dmagate.manifest import FileOutput, Manifest, PackageInput
 
 HERE = Path(__file__).resolve().parent
@@ -54,89 +53,31 @@ GUEST_DRIVER = ROOT / "guest-driver"
 COMPILER_WARNING = re.compile(r"\.[ch]:\d+:\d+: warning:")
 CHECKPATCH_SOURCES = (GUEST_DRIVER / "dmagate.c", GUEST_DRIVER / "include/uapi/dmagate.h")
 
-# Metapackages that track each flavour. The 6.1 ones are pinned to
-# bookworm's own series by apt's default priorities (backports carry 6.12).
-FLAVOURS: dict[str, str] = {
-    "6.12": "linux-image-6.12-cloud-amd64",
-    "6.1": "linux-image-cloud-amd64",
-}
 # Kernel modules the guest needs from the image package (whatever of them is
 # not built in), loaded with their dependencies before the project's.
 GUEST_MODULES = ("virtio_pci", "virtio_net")
 USERLAND_PACKAGES = ("busybox-static", "dropbear-bin", "qemu-system-data", "seabios")
 
 
-@dataclass(frozen=True)
-class KernelPackages:
-    """The binary packages of one kernel ABI, with their candidate versions."""
-
-    release: str  # e.g. 6.12.117+deb12-cloud-amd64
-    version: str  # Debian version of the packages, e.g. 6.12.117-1~deb12u1
-    image: str
-    headers: str
-    headers_common: str
-    kbuild: str
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.image, self.headers, self.headers_common, self.kbuild)
-
-
-def resolve_kernel(flavour: str) -> KernelPackages:
-    try:
-        meta = FLAVOURS[flavour]
-    except KeyError:
-        raise BuildError(
-            f"unknown KERNEL={flavour}; choose one of {', '.join([*FLAVOURS, DEBUG_FLAVOUR])}"
-        ) from None
-    image = next((d for d in depends(meta) if d.startswith("linux-image-")), None)
-    if image is None:
-        raise BuildError(f"{meta} names no linux-image package")
-    release = image.removeprefix("linux-image-").removesuffix("-unsigned")
-    headers = f"linux-headers-{release}"
-    deps = depends(headers)
-    common = next(d for d in deps if d.startswith("linux-headers-") and d.endswith("-common"))
-    kbuild = next(d for d in deps if d.startswith("linux-kbuild-"))
-    return KernelPackages(
-        release=release,
-        version=candidate(image),
-        image=image,
-        headers=headers,
-        headers_common=common,
-        kbuild=kbuild,
-    )
-
-
-def unpack_kernel(kernel: KernelPackages, debs: list[Path], cache: Path) -> Path:
-    """Unpack the kernel packages into a private root and fix its paths."""
-    root = cache / "kernels" / kernel.release
-    stamp = root / ".unpacked"
-    if stamp.exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    for deb in debs:
-        run(["dpkg-deb", "-x", deb, root])
-    # Debian's flavour Makefile includes the common tree by absolute path.
-    flavour_makefile = root / "usr/src" / kernel.headers / "Makefile"
-    text = flavour_makefile.read_text()
-    flavour_makefile.write_text(text.replace("/usr/src/", f"{root}/usr/src/"))
-    # Packages ship no modules.dep: apt's postinst would make it.
-    run(["/usr/sbin/depmod", "-b", root, kernel.release])
-    stamp.touch()
-    return root
-
-
-def build_modules(kdir: Path, out: Path) -> list[Path]:
-    """Build every module under guest-driver/ against the flavour's headers."""
+def build_modules(kernel: KernelInputs, out: Path) -> list[Path]:
+    """Build every module under guest-driver/ against the kernel's headers,
+    in its build root if it has one."""
     build = out / "modules-build"
     shutil.rmtree(build, ignore_errors=True)
-    shutil.copytree(
-        GUEST_DRIVER, build, ignore=shutil.ignore_patterns("*.o", "*.ko", "*.mod*", ".*", "tools")
-    )
-    _, log = run_both(
-        ["make", "-C", kdir, f"M={build}", "W=1", "modules", f"-j{os.cpu_count() or 1}"]
-    )
+    sources = shutil.ignore_patterns("*.o", "*.ko", "*.mod*", ".*", "tools")
+    jobs = f"-j{os.cpu_count() or 1}"
+    if kernel.build_root is None:
+        shutil.copytree(GUEST_DRIVER, build, ignore=sources)
+        _, log = run_both(["make", "-C", kernel.kdir, f"M={build}", "W=1", "modules", jobs])
+    else:
+        inside = Path("/build") / out.name
+        where = kernel.build_root.path / inside.relative_to("/")
+        shutil.rmtree(where, ignore_errors=True)
+        shutil.copytree(GUEST_DRIVER, where, ignore=sources)
+        _, log = kernel.build_root.run(
+            ["make", "-C", str(kernel.kdir), f"M={inside}", "W=1", "modules", jobs])
+        shutil.copytree(where, build)
+        shutil.rmtree(where)
     # The driver is held to a warning-free W=1 build on every kernel flavour.
     warnings = [line for line in log.splitlines() if COMPILER_WARNING.search(line)]
     if warnings:
@@ -351,28 +292,6 @@ def extract_vmlinux(bzimage: Path, dest: Path) -> bool:
     return True
 
 
-def debian_kernel(flavour: str, cache: Path) -> KernelInputs:
-    """A Debian cloud kernel: packages downloaded and unpacked, never installed."""
-    kernel = resolve_kernel(flavour)
-    print(f"image: kernel {flavour} -> {kernel.release} ({kernel.version})", flush=True)
-    debs = download(kernel.names, kernel.version, cache / "downloads" / "debs")
-    kroot = unpack_kernel(kernel, debs, cache)
-    return KernelInputs(
-        flavour=flavour,
-        release=kernel.release,
-        kdir=kroot / "usr/src" / kernel.headers,
-        modules_root=kroot,
-        bzimage=kroot / "boot" / f"vmlinuz-{kernel.release}",
-        elf=None,
-        config=kroot / "boot" / f"config-{kernel.release}",
-        packages=tuple(
-            PackageInput(name=deb.name.split("_")[0], version=kernel.version,
-                         sha256=sha256_file(deb))
-            for deb in debs
-        ),
-    )
-
-
 def boot_kernel(kernel: KernelInputs, out: Path) -> Path:
     """The file QEMU boots: a PVH ELF where there is one (fast under TCG)."""
     vmlinux = out / "vmlinux"
@@ -389,14 +308,18 @@ def build(
     flavour: str, out: Path, cache: Path, qemu_info: Path | None, driver_only: bool = False
 ) -> Manifest | None:
     """Build the image; with ``driver_only``, stop after modules and tools."""
-    kernel = debug_kernel(cache) if flavour == DEBUG_FLAVOUR else debian_kernel(flavour, cache)
+    if is_kernel_tree(flavour):
+        kernel = kernel_from_tree(flavour, cache)
+    elif flavour == DEBUG_FLAVOUR:
+        kernel = debug_kernel(cache)
+    else:
+        kernel = debian_kernel(flavour, cache)
     out.mkdir(parents=True, exist_ok=True)
 
-    modules = build_modules(kernel.kdir, out)
-    # A kernel built here from its full source (debug) brings its checkpatch.pl.
-    checkpatch = kernel.kdir / "source/scripts/checkpatch.pl"
-    if checkpatch.exists():
-        check_style(checkpatch)
+    modules = build_modules(kernel, out)
+    # Held to the checkpatch.pl of each kernel whose source is at hand.
+    if kernel.checkpatch is not None:
+        check_style(kernel.checkpatch)
     tools = build_tools(out)
     if driver_only:
         return None
@@ -443,8 +366,11 @@ def build(
             "host_key": host_public,
             "client_key": "ssh/client_key",
             "boot_kernel": boot_file.name,
+            "checkers": "yes" if kernel.has_checkers else "no",
+            "module_build": kernel.module_build,
+            **({"checkpatch": str(kernel.checkpatch)} if kernel.checkpatch else {}),
             # The unstripped kernel, for gdb (dmagate.gdb): the debug build's own.
-            **({"symbols": str(kernel.elf)} if kernel.elf is not None else {}),
+            **({"symbols": str(kernel.symbols)} if kernel.symbols is not None else {}),
         },
     )
     (out / "manifest.json").write_text(manifest.to_json())
@@ -454,8 +380,10 @@ def build(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flavour", default="6.12",
-                        help="kernel flavour: " + ", ".join([*FLAVOURS, DEBUG_FLAVOUR]))
-    parser.add_argument("--out", type=Path, required=True)
+                        help=f"kernel flavour ({', '.join(FLAVOURS)}) or a built kernel tree")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="image directory (default: build/image-<flavour>, as the harness "
+                        "looks for it)")
     parser.add_argument("--qemu-build-info", type=Path, default=None)
     parser.add_argument("--driver-only", action="store_true",
                         help="build the modules and guest tools only")
@@ -468,15 +396,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.qemu_build_info is None and not args.driver_only:
         parser.error("--qemu-build-info is required unless --driver-only")
     try:
-        manifest = build(args.flavour, args.out.resolve(), args.cache, args.qemu_build_info,
-                         args.driver_only)
-    except BuildError as err:
+        out = (args.out or ROOT / "build" / image_dir_name(args.flavour)).resolve()
+        manifest = build(args.flavour, out, args.cache, args.qemu_build_info, args.driver_only)
+    except (BuildError, FlavourError) as err:
         print(f"image: {err}", file=sys.stderr)
         return 1
     if manifest is None:
-        print(f"image: modules and tools for {args.flavour} built in {args.out}")
+        print(f"image: modules and tools for {args.flavour} built in {out}")
         return 0
-    print(f"image: {args.out} ready ({manifest.kernel_release}, modules: "
+    print(f"image: {out} ready ({manifest.kernel_release}, modules: "
           f"{', '.join(manifest.modules)})")
     return 0
 

@@ -42,20 +42,25 @@ def installed_version(package: str) -> str:
     return run(["dpkg-query", "-W", "-f=${Version}", package]).strip()
 
 
-def candidate(package: str) -> str:
-    out = run(["apt-cache", "policy", package])
+def candidate(package: str, apt: Sequence[str] = ()) -> str:
+    """The version apt would install; ``apt`` holds options that point apt at
+    another archive's state (trixie_root.Archive), else the host's."""
+    out = run(["apt-cache", *apt, "policy", package])
     match = re.search(r"Candidate: (\S+)", out)
     if not match or match.group(1) == "(none)":
         raise BuildError(f"no candidate for {package}: run `make deps` (it runs apt-get update)")
     return match.group(1)
 
 
-def depends(package: str) -> list[str]:
-    out = run(["apt-cache", "depends", "--important", f"{package}={candidate(package)}"])
+def depends(package: str, apt: Sequence[str] = ()) -> list[str]:
+    out = run(["apt-cache", *apt, "depends", "--important",
+               f"{package}={candidate(package, apt)}"])
     return re.findall(r"^\s*\|?Depends: (\S+)$", out, re.M)
 
 
-def download(packages: Iterable[str], version: str, dest: Path) -> list[Path]:
+def download(
+    packages: Iterable[str], version: str, dest: Path, apt: Sequence[str] = ()
+) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     def cached(package: str) -> Path | None:
         return next(dest.glob(f"{package}_{version}_*.deb"), None)
@@ -65,7 +70,7 @@ def download(packages: Iterable[str], version: str, dest: Path) -> list[Path]:
     if missing:
         # The sandbox user cannot write into the cache; root downloads it.
         run(
-            ["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root",
+            ["apt-get", *apt, "download", "-qq", "-o", "APT::Sandbox::User=root",
              *(f"{p}={version}" for p in missing)],
             cwd=dest,
         )

@@ -19,9 +19,9 @@ from pathlib import Path
 from buildutil import BuildError, candidate, download, run, sha256_file
 from kernel_inputs import KernelInputs
 
+from dmagate.flavours import DEBUG_FLAVOUR
 from dmagate.manifest import PackageInput
 
-DEBUG_FLAVOUR = "debug"
 SOURCE_PACKAGE = "linux-source-6.12"
 HERE = Path(__file__).resolve().parent
 FRAGMENT = HERE / "kernel-debug.config"
@@ -105,4 +105,6 @@ def debug_kernel(cache: Path) -> KernelInputs:
         elf=build / "vmlinux",
         config=build / ".config",
         packages=(PackageInput(SOURCE_PACKAGE, version, sha256_file(deb)),),
+        checkpatch=build / "source/scripts/checkpatch.pl",
+        symbols=build / "vmlinux",
     )

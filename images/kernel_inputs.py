@@ -1,10 +1,13 @@
-"""What a guest image needs of a kernel, whatever built it: a Debian
-package (build_image.py) or this project's debug build (debug_kernel.py)."""
+"""What a guest image needs of a kernel, whatever built it: a Debian package
+(debian_kernel.py), this project's debug build (debug_kernel.py) or a
+developer's own tree (kernel_tree.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from trixie_root import BuildRoot
 
 from dmagate.manifest import PackageInput
 
@@ -15,9 +18,33 @@ class KernelInputs:
 
     flavour: str
     release: str
-    kdir: Path  # where `make M=...` builds out-of-tree modules
+    kdir: Path  # where `make M=...` builds out-of-tree modules (inside build_root if set)
     modules_root: Path  # holds lib/modules/RELEASE (with modules.dep)
     bzimage: Path | None  # a bzImage to unpack for PVH boot, or
     elf: Path | None  # the ELF kernel itself
     config: Path
     packages: tuple[PackageInput, ...]
+    # Modules are built chrooted in here (a kernel newer than the host's Debian).
+    build_root: BuildRoot | None = None
+    # The kernel's own checkpatch.pl, when its source is at hand.
+    checkpatch: Path | None = None
+    # How the modules were built, for the manifest.
+    module_build: str = "the host's gcc and the kernel's kbuild"
+    # An unstripped vmlinux for gdb, if there is one.
+    symbols: Path | None = None
+
+    def config_options(self) -> dict[str, str]:
+        """CONFIG_X -> value ("y", "m", a string); unset options are absent."""
+        options = {}
+        for line in self.config.read_text().splitlines():
+            if line.startswith("CONFIG_"):
+                name, _, value = line.partition("=")
+                options[name] = value
+        return options
+
+    @property
+    def has_checkers(self) -> bool:
+        """Built with the checkers the debug flavour has (KASAN, lockdep, kmemleak)."""
+        opts = self.config_options()
+        return all(opts.get(o) == "y" for o in ("CONFIG_KASAN", "CONFIG_PROVE_LOCKING",
+                                                  "CONFIG_DEBUG_KMEMLEAK"))

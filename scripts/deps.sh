@@ -24,6 +24,8 @@ readonly PACKAGES=(
 	gdb
 	# kernel modules against Debian's headers; static guest tools
 	libc6-dev libelf-dev bc dwarves zstd lz4
+	# KERNEL=7.3: its modules build in a Debian 13 build root (images/trixie_root.py)
+	debootstrap
 )
 
 [ -r /etc/debian_version ] || die "needs Debian 12 (bookworm); this is not Debian"

@@ -31,9 +31,10 @@ from dmagate.accel import resolve_accelerator
 from dmagate.bench.cli import add_parsers as add_bench_parsers
 from dmagate.devicefaults import device_faults
 from dmagate.faultcli import add_parser as add_fault_parser
+from dmagate.flavours import DEFAULT_FLAVOUR
 from dmagate.health import HealthWatch
 from dmagate.manifest import Manifest, ManifestError
-from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
+from dmagate.paths import BuildPaths
 from dmagate.session import Session, load_session, session_path
 from dmagate.ssh import SSH
 from dmagate.transcript import Transcript
@@ -182,7 +183,8 @@ def _demo_protocol(vm: VM) -> bool:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dmagate", description=__doc__.splitlines()[0])
     top.add_argument("--kernel", default=os.environ.get("KERNEL", DEFAULT_FLAVOUR),
-                     help="kernel flavour (default: $KERNEL or %(default)s)")
+                     help="kernel flavour (6.12, 6.1, 7.3, debug) or the path of a built kernel "
+                     "tree (default: $KERNEL or %(default)s)")
     top.add_argument("--accel", default=os.environ.get("DMAGATE_ACCEL", "auto"),
                      choices=("auto", "kvm", "tcg"))
     sub = top.add_subparsers(dest="command", required=True)

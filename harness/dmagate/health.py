@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from dmagate import kmemleak
 from dmagate import taint as taint_flags
 from dmagate.splat import Splat, format_splats
-from dmagate.vm import DEBUG_FLAVOUR, VM
+from dmagate.vm import VM
 
 # Leaks count when their backtrace passes through one of the project's modules.
 PROJECT_MODULE_PREFIX = "dmagate"
@@ -47,7 +47,7 @@ class HealthReport:
 def project_leaks(vm: VM) -> list[Splat]:
     """kmemleak's reports that involve the project's modules (debug kernel),
     each reported once: what was seen is cleared."""
-    if vm.manifest.flavour != DEBUG_FLAVOUR:
+    if not vm.manifest.has_checkers:
         return []
     found = [
         Splat("KMEMLEAK", leak.title, -1, leak.report)

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmagate.flavours import DEBUG_FLAVOUR
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
@@ -50,6 +52,12 @@ class Manifest:
     built_at: str
     schema: int = SCHEMA_VERSION
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_checkers(self) -> bool:
+        """The kernel runs the debug checkers (KASAN, lockdep, kmemleak, fault
+        injection): the debug flavour, or a kernel tree configured with them."""
+        return self.extra.get("checkers") == "yes" or self.flavour == DEBUG_FLAVOUR
 
     def package(self, name: str) -> PackageInput:
         for pkg in self.packages:
@@ -114,4 +122,7 @@ class Manifest:
         try:
             return cls.from_json(path.read_text())
         except FileNotFoundError:
-            raise ManifestError(f"no guest image at {image_dir}: run `make image`") from None
+            raise ManifestError(
+                f"no guest image at {image_dir}: run `make image` (with KERNEL= its flavour "
+                "or kernel tree)"
+            ) from None

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_FLAVOUR = "6.12"
+from dmagate.flavours import DEFAULT_FLAVOUR, image_dir_name
 
 
 def _find_root(start: Path) -> Path | None:
@@ -48,7 +48,7 @@ class BuildPaths:
         return self.qemu_override or self.build / "qemu" / "qemu-system-x86_64"
 
     def image(self, flavour: str = DEFAULT_FLAVOUR) -> Path:
-        return self.build / f"image-{flavour}"
+        return self.build / image_dir_name(flavour)
 
     @property
     def runs(self) -> Path:

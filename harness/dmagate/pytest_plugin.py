@@ -26,6 +26,7 @@ import sys
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,14 @@ import pytest
 
 from dmagate import artifacts, gdb
 from dmagate.accel import Accelerator, resolve_accelerator
+from dmagate.flavours import DEBUG_FLAVOUR, DEFAULT_FLAVOUR
 from dmagate.health import HealthReport, HealthWatch, project_leaks
+from dmagate.manifest import Manifest, ManifestError
 from dmagate.ownership import Violation
 from dmagate.ownership_watch import OwnershipRecordError, OwnershipWatch
-from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
+from dmagate.paths import BuildPaths
 from dmagate.splat import format_splats
-from dmagate.vm import DEBUG_FLAVOUR, VM, VMOptions, kernel_timeout_factor
+from dmagate.vm import VM, VMOptions, kernel_timeout_factor
 
 VM_FIXTURES = frozenset({"vm", "fresh_vm", "make_vm"})
 CONSOLE_TAIL_LINES = 30
@@ -57,9 +60,13 @@ class Bench:
     accelerator: Accelerator
     gdb: bool = False  # every VM with QEMU's gdb stub (--gdb-on-failure)
 
+    @cached_property
+    def manifest(self) -> Manifest:
+        return Manifest.load(self.paths.image(self.flavour))
+
     def scale(self, seconds: float) -> float:
         """A timeout written for KVM and a stock kernel, stretched for this bench."""
-        return self.accelerator.scale(seconds) * kernel_timeout_factor(self.flavour)
+        return self.accelerator.scale(seconds) * kernel_timeout_factor(self.manifest)
 
     def options(self, **overrides: Any) -> VMOptions:
         return replace(VMOptions(flavour=self.flavour, gdb=self.gdb), **overrides)
@@ -112,7 +119,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--kernel",
         default=os.environ.get("KERNEL", DEFAULT_FLAVOUR),
-        help="guest kernel flavour (KERNEL): 6.12, 6.1 or debug",
+        help="guest kernel (KERNEL): 6.12, 6.1, 7.3, debug, or a built kernel tree's path",
     )
     group.addoption(
         "--no-ownership-check",
@@ -166,12 +173,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.vm)
     # Not skips: on a kernel without the checkers these tests mean nothing;
     # on the debug kernel, stock-only tests repeat what others run there.
-    debug = config.getoption("kernel") == DEBUG_FLAVOUR
+    debug = _has_checkers(str(config.getoption("kernel")))
     unfit = [item for item in items
              if item.get_closest_marker("stock_kernels_only" if debug else "debug_kernel")]
     if unfit:
         config.hook.pytest_deselected(items=unfit)
         items[:] = [item for item in items if item not in unfit]
+
+
+def _has_checkers(flavour: str) -> bool:
+    """Whether the flavour's kernel runs the checkers, from its image if built."""
+    try:
+        return Manifest.load(BuildPaths.discover().image(flavour)).has_checkers
+    except (ManifestError, FileNotFoundError):
+        return flavour == DEBUG_FLAVOUR
 
 
 def pytest_report_header(config: pytest.Config) -> str:

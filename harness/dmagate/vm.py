@@ -31,15 +31,15 @@ from dmagate import taint as taint_flags
 from dmagate.accel import Accelerator, resolve_accelerator
 from dmagate.cmdline import GuestSpec, build_command, ssh_forward_port
 from dmagate.console import Console
+from dmagate.flavours import CHECKERS_SLOWDOWN, DEFAULT_FLAVOUR
 from dmagate.manifest import Manifest
-from dmagate.paths import DEFAULT_FLAVOUR, BuildPaths
+from dmagate.paths import BuildPaths
 from dmagate.process import die_with_parent, kill_group
 from dmagate.qmp import QMP
 from dmagate.ssh import SSH, CommandResult
 from dmagate.transcript import Transcript
 
 READY_LINE = re.compile(r"dmagate-init: ready")
-DEBUG_FLAVOUR = "debug"
 # SLUB leaves each allocated object holding a stale free-list pointer to the
 # object allocated after it, and kmemleak takes that for a reference: a
 # single leaked kmalloc() was reported in 3 of 12 scans. Zeroing every
@@ -54,9 +54,9 @@ SHUTDOWN_TIMEOUT = 5.0
 QMP_TIMEOUT = 10.0
 
 
-def kernel_timeout_factor(flavour: str) -> float:
-    """The debug kernel runs about five times slower (KASAN, lockdep, ...)."""
-    return 5.0 if flavour == DEBUG_FLAVOUR else 1.0
+def kernel_timeout_factor(manifest: Manifest) -> float:
+    """A kernel with the checkers runs about five times slower (KASAN, lockdep, ...)."""
+    return CHECKERS_SLOWDOWN if manifest.has_checkers else 1.0
 
 
 class VMError(RuntimeError):
@@ -104,8 +104,8 @@ class VM:
         if not self.paths.qemu.exists():
             raise VMError(f"no QEMU at {self.paths.qemu}: run `make qemu`")
         self.accel = accelerator or resolve_accelerator(self.options.accel, self.paths.qemu)
-        debug = self.manifest.flavour == DEBUG_FLAVOUR
-        self.kernel_factor = kernel_timeout_factor(self.manifest.flavour)
+        debug = self.manifest.has_checkers
+        self.kernel_factor = kernel_timeout_factor(self.manifest)
         self.paths.runs.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir or Path(
             tempfile.mkdtemp(prefix=f"{self.options.name}-", dir=self.paths.runs)

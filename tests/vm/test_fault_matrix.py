@@ -31,6 +31,7 @@ import pytest
 
 from dmagate.cmdline import IOMMU_DEVICES, IOMMU_STRICT_ARGS
 from dmagate.devicefaults import device_faults
+from dmagate.flavours import image_dir_name
 from dmagate.guesttool import (
     EXIT_MISMATCH,
     assert_still_works,
@@ -147,7 +148,8 @@ def matrix(request: pytest.FixtureRequest) -> Iterator[Matrix]:
         text = table.table()
         artifacts = BuildPaths.discover().artifacts
         artifacts.mkdir(parents=True, exist_ok=True)
-        (artifacts / f"fault-matrix-{table.flavour}.txt").write_text(text + "\n")
+        name = image_dir_name(table.flavour).removeprefix("image-")
+        (artifacts / f"fault-matrix-{name}.txt").write_text(text + "\n")
         total = sum(r[4] for r in table.rows)
         record_table(request.config,
                      f"fault matrix, {table.flavour}: {len(table.rows)} cells, {total:.0f} s",
