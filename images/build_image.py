@@ -369,6 +369,7 @@ def build(
             "checkers": "yes" if kernel.has_checkers else "no",
             "module_build": kernel.module_build,
             **({"checkpatch": str(kernel.checkpatch)} if kernel.checkpatch else {}),
+            **({"kernel_tree": str(kernel.tree)} if kernel.tree is not None else {}),
             # The unstripped kernel, for gdb (dmagate.gdb): the debug build's own.
             **({"symbols": str(kernel.symbols)} if kernel.symbols is not None else {}),
         },

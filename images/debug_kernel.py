@@ -107,4 +107,5 @@ def debug_kernel(cache: Path) -> KernelInputs:
         packages=(PackageInput(SOURCE_PACKAGE, version, sha256_file(deb)),),
         checkpatch=build / "source/scripts/checkpatch.pl",
         symbols=build / "vmlinux",
+        tree=build,
     )

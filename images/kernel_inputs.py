@@ -32,6 +32,8 @@ class KernelInputs:
     module_build: str = "the host's gcc and the kernel's kbuild"
     # An unstripped vmlinux for gdb, if there is one.
     symbols: Path | None = None
+    # The built kernel tree, for a kernel built from source (KERNEL=PATH takes it).
+    tree: Path | None = None
 
     def config_options(self) -> dict[str, str]:
         """CONFIG_X -> value ("y", "m", a string); unset options are absent."""

@@ -73,6 +73,7 @@ def kernel_from_tree(path: str, cache: Path) -> KernelInputs:
         checkpatch=checkpatch if checkpatch.is_file() else None,
         module_build=f"the host's gcc and the tree's kbuild ({tree})",
         symbols=vmlinux if vmlinux.is_file() else None,
+        tree=tree,
     )
     missing = _missing(kernel, bzimage.is_file())
     if missing:

@@ -83,3 +83,21 @@ def test_mirrors_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
         "deb [arch=amd64] http://other.example/debian bookworm main\n")
     assert host_mirrors((tmp_path / "sources.list", parts)) == (
         "http://other.example/debian", "http://other.example/debian-security")
+
+
+def test_a_tree_without_pvh_or_virtio_gets_one_line_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tmp_path / "linux"
+    (tree / "include/config").mkdir(parents=True)
+    (tree / "Makefile").write_text("")
+    (tree / "vmlinux").write_bytes(b"\x7fELF")
+    (tree / "Module.symvers").write_text("")
+    (tree / "include/config/kernel.release").write_text("7.3.0-mine\n")
+    (tree / ".config").write_text("CONFIG_MODULES=y\nCONFIG_PCI_MSI=y\n")
+    assert main(["--flavour", str(tree), "--driver-only", "--cache", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"image: KERNEL={tree} lacks what the guest needs: CONFIG_PVH=y")
+    assert "CONFIG_VIRTIO_NET=y|m" in err and "CONFIG_DEVTMPFS=y" in err
+    assert "CONFIG_PCI_MSI" not in err
