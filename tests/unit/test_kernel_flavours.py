@@ -13,6 +13,7 @@ from dmagate.manifest import Manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images"))
 
+from build_image import main
 from kernel_inputs import KernelInputs
 from kernel_tree import GUEST_NEEDS, _missing
 from trixie_root import host_mirrors
