@@ -54,8 +54,11 @@ COMPILER_WARNING = re.compile(r"\.[ch]:\d+:\d+: warning:")
 CHECKPATCH_SOURCES = (GUEST_DRIVER / "dmagate.c", GUEST_DRIVER / "include/uapi/dmagate.h")
 
 # Kernel modules the guest needs from the image package (whatever of them is
-# not built in), loaded with their dependencies before the project's.
+# not built in), loaded with their dependencies before the project's; and
+# those it uses where the kernel has them (pvpanic: a panic pauses the guest
+# for a memory dump instead of ending QEMU).
 GUEST_MODULES = ("virtio_pci", "virtio_net")
+OPTIONAL_GUEST_MODULES = ("pvpanic-pci",)
 USERLAND_PACKAGES = ("busybox-static", "dropbear-bin", "qemu-system-data", "seabios")
 
 
@@ -148,9 +151,11 @@ def make_ssh_keys(out: Path) -> tuple[str, str]:
     return public, host_public
 
 
-def module_load_order(kroot: Path, release: str, wanted: Sequence[str]) -> list[Path]:
-    """Module files (relative to lib/modules/RELEASE) to load for ``wanted``,
-    dependencies first; built-in ones are left out."""
+def module_load_order(kroot: Path, release: str, wanted: Sequence[str],
+                      optional: Sequence[str] = ()) -> list[Path]:
+    """Module files (relative to lib/modules/RELEASE) to load for ``wanted``
+    and those of ``optional`` the kernel ships, dependencies first; built-in
+    ones are left out."""
     moddir = kroot / "lib/modules" / release
     builtin = {Path(line).name.split(".")[0] for line in
                (moddir / "modules.builtin").read_text().split()}
@@ -168,8 +173,8 @@ def module_load_order(kroot: Path, release: str, wanted: Sequence[str]) -> list[
             visit(dependency)
         order.append(module)
 
-    for name in wanted:
-        if name in builtin:
+    for name in (*wanted, *optional):
+        if name in builtin or (name in optional and name not in by_name):
             continue
         if name not in by_name:
             raise BuildError(f"module {name} is neither built into {release} nor shipped")
@@ -222,7 +227,8 @@ def populate_rootfs(
     (rootfs / "etc/shells").write_text("/bin/sh\n")
     (rootfs / "etc/hostname").write_text("dmagate-guest\n")
     order = []
-    for path in module_load_order(kernel.modules_root, kernel.release, GUEST_MODULES):
+    for path in module_load_order(kernel.modules_root, kernel.release, GUEST_MODULES,
+                                  OPTIONAL_GUEST_MODULES):
         name = path.name.split(".")[0]
         decompressed_module(path, rootfs / "lib/modules" / f"{name}.ko")
         order.append(name)

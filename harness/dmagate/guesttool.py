@@ -89,6 +89,18 @@ def wait_device_deleted(vm: VM, device_id: str, timeout: float = 15.0) -> None:
         time.sleep(0.2)
 
 
+def crash_guest(vm: VM, timeout: float = 30.0) -> None:
+    """Panic the guest kernel (sysrq "c") and wait until QEMU holds it
+    there (pvpanic). ``timeout`` is scaled for the VM."""
+    # The command never comes back: the kernel is gone before it could.
+    vm.ssh.client.exec_command("echo c > /proc/sysrq-trigger")
+    deadline = time.monotonic() + vm.scale(timeout)
+    while vm.run_state() != "guest-panicked":
+        assert vm.is_running(), "QEMU ended at the panic: the guest has no pvpanic driver"
+        assert time.monotonic() < deadline, f"no panic; QEMU says {vm.run_state()}"
+        time.sleep(0.2)
+
+
 def merged_fields(text: str) -> dict[str, str]:
     """Every key of every ``key=value`` line in ``text``; a later line wins."""
     out: dict[str, str] = {}

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from dmagate import artifacts, gdb
+from dmagate import artifacts, gdb, memdump
 from dmagate.accel import Accelerator, resolve_accelerator
 from dmagate.flavours import DEBUG_FLAVOUR, DEFAULT_FLAVOUR
 from dmagate.health import HealthReport, HealthWatch, project_leaks
@@ -40,7 +40,7 @@ from dmagate.manifest import Manifest, ManifestError
 from dmagate.ownership import Violation
 from dmagate.ownership_watch import OwnershipRecordError, OwnershipWatch
 from dmagate.paths import BuildPaths
-from dmagate.splat import format_splats
+from dmagate.splat import Splat, format_splats
 from dmagate.vm import VM, VMOptions, kernel_timeout_factor
 
 VM_FIXTURES = frozenset({"vm", "fresh_vm", "make_vm"})
@@ -128,6 +128,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "QMP read per VM)",
     )
     group.addoption(
+        "--no-memory-dump",
+        action="store_true",
+        help="do not dump a failed test's guest memory on a panic, hang or timeout "
+             "(dmagate.memdump; one file of the guest's RAM size per VM)",
+    )
+    group.addoption(
         "--gdb-on-failure",
         action="store_true",
         help="boot every VM with QEMU's gdb stub; when a test fails, keep its VMs "
@@ -212,7 +218,7 @@ def _module_vm(dmagate_bench: Bench, request: pytest.FixtureRequest) -> Iterator
     yield holder
     leaks = []
     for vm in holder:
-        if vm.is_running():
+        if vm.is_running() and not vm.panicked():
             leaks += project_leaks(vm)  # the module's kmemleak scan (debug kernel)
         vm.shutdown()
     if leaks:
@@ -224,7 +230,7 @@ def _module_vm(dmagate_bench: Bench, request: pytest.FixtureRequest) -> Iterator
 
 @pytest.fixture
 def vm(_module_vm: list[VM], dmagate_bench: Bench, request: pytest.FixtureRequest) -> VM:
-    if _module_vm and not _module_vm[0].is_running():
+    if _module_vm and (not _module_vm[0].is_running() or _module_vm[0].panicked()):
         _module_vm.pop().kill()
     if not _module_vm:
         name = re.sub(r"\W+", "-", request.module.__name__.rsplit(".", 1)[-1])
@@ -390,10 +396,31 @@ def pytest_runtest_makereport(
         if name in health and health[name].splats:
             report.sections.append((f"dmagate {name}: kernel splats", health[name].describe()))
         artifacts.save_vm(vm, vm.console.log_slice(watch.log_mark), directory / name)
+        if not item.config.getoption("no_memory_dump"):
+            splats = health[name].splats if name in health else []
+            if dumped := _dump_memory(vm, splats, report.longreprtext, directory / name):
+                report.sections.append((f"dmagate {name}: memory dump", dumped))
     report.sections.append(("dmagate artifacts", f"{directory}\nrun it alone: {repro}"))
     if item.config.getoption("gdb_on_failure"):
         _hold_for_gdb(item, [w.vm for w in vms.watches])
     return report
+
+
+def _dump_memory(vm: VM, splats: list[Splat], failure: str, directory: Path) -> str:
+    """Dump a failed test's VM after a panic, a hang or a timeout; what was
+    written, or "" if nothing was."""
+    if not vm.is_running():
+        return ""
+    try:
+        reason = memdump.why_dump(vm.run_state(), splats, failure)
+        if not reason:
+            return ""
+        dump = memdump.dump_guest_memory(vm, directory / memdump.DUMP_FILE)
+    except Exception as err:  # a QEMU that cannot dump any more is no test failure
+        return f"no memory dump: {err}"
+    note = memdump.how_to_open(vm.manifest, dump, reason)
+    (directory / memdump.NOTE_FILE).write_text(note)
+    return note
 
 
 def _hold_for_gdb(item: pytest.Item, vms: list[VM]) -> None:

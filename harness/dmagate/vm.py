@@ -224,6 +224,14 @@ class VM:
         """QEMU's run state: "running", "paused", "guest-panicked", ..."""
         return str(self.qmp.cmd("query-status")["status"])
 
+    def panicked(self) -> bool:
+        """QEMU holds the guest where its kernel panicked (pvpanic), or cannot
+        say: either way the guest is of no more use."""
+        try:
+            return self.is_running() and self.run_state() == "guest-panicked"
+        except Exception:  # QMP gone with a QEMU on its way out
+            return True
+
     def guest_running(self) -> bool:
         """The vCPUs run (QEMU has not paused the guest for a panic or gdb)."""
         return self.run_state() == "running"
