@@ -115,15 +115,14 @@ def dump_contains(path: Path, needle: bytes) -> bool:
 def how_to_open(manifest: Manifest, dump: Path, reason: str) -> str:
     """The note saved beside a dump: why it was taken and how to read it."""
     symbols = manifest.extra.get("symbols")
-    if symbols:
-        vmlinux = symbols
-    else:
-        vmlinux = (f"usr/lib/debug/boot/vmlinux-{manifest.kernel_release} from Debian's "
-                   f"linux-image-{manifest.kernel_release}-dbg package")
+    release = manifest.kernel_release
+    vmlinux = symbols or f"usr/lib/debug/boot/vmlinux-{release}"
+    where = ("the image's kernel build" if symbols else
+             f"Debian's linux-image-{release}-dbg (apt-get download it, dpkg-deb -x it here)")
     return (
         f"{dump.name}: the guest's memory and vCPU registers when the test failed "
         f"({reason}), from QEMU's dump-guest-memory (ELF core, physical addresses).\n"
-        f"kernel {manifest.kernel_release}; its symbols: {vmlinux}\n"
+        f"kernel {release}; its vmlinux with symbols: {vmlinux}, from {where}\n"
         f"  crash {vmlinux} {dump}\n"
         f"  drgn -c {dump} -s {vmlinux}\n"
         "the project's modules, with symbols, are in the image's modules-build/; the module "
