@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from dmagate import artifacts, gdb, memdump
+from dmagate import artifacts, gdb, memdump, snapshot
 from dmagate.accel import Accelerator, resolve_accelerator
 from dmagate.flavours import DEBUG_FLAVOUR, DEFAULT_FLAVOUR
 from dmagate.health import HealthReport, HealthWatch, project_leaks
@@ -59,6 +59,7 @@ class Bench:
     flavour: str
     accelerator: Accelerator
     gdb: bool = False  # every VM with QEMU's gdb stub (--gdb-on-failure)
+    snapshots: bool = True  # fresh guests restored from a booted one's snapshot
 
     @cached_property
     def manifest(self) -> Manifest:
@@ -73,6 +74,16 @@ class Bench:
 
     def new_vm(self, **overrides: Any) -> VM:
         return VM(self.options(**overrides), self.paths, self.accelerator)
+
+    def start_vm(self, boot: bool = False, **overrides: Any) -> VM:
+        """A running guest: restored from the snapshot of a booted one
+        (dmagate.snapshot) when it has the default options, else booted;
+        ``boot`` (or the bench's ``snapshots`` off) boots it whatever."""
+        vm = self.new_vm(**overrides)
+        default = replace(self.options(), name=vm.options.name)
+        if self.snapshots and not boot and vm.options == default and not self.gdb:
+            return snapshot.restored(vm)
+        return vm.start()
 
 
 @dataclass
@@ -128,6 +139,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "QMP read per VM)",
     )
     group.addoption(
+        "--boot-every-vm",
+        action="store_true",
+        help="boot every VM; by default a fresh VM of the default options is restored from "
+             "a snapshot of a booted one (dmagate.snapshot)",
+    )
+    group.addoption(
         "--no-memory-dump",
         action="store_true",
         help="do not dump a failed test's guest memory on a panic, hang or timeout "
@@ -152,6 +169,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "debug_kernel: needs the debug kernel's checkers; not collected on others"
+    )
+    config.addinivalue_line(
+        "markers", "real_boot: the test's VMs boot (the boot is what it tests), never "
+        "restored from a snapshot"
     )
     config.addinivalue_line(
         "markers",
@@ -204,7 +225,8 @@ def dmagate_bench(request: pytest.FixtureRequest) -> Bench:
     paths = BuildPaths.discover()
     flavour = str(request.config.getoption("kernel"))
     accelerator = resolve_accelerator(str(request.config.getoption("accel")), paths.qemu)
-    return Bench(paths, flavour, accelerator, gdb=bool(request.config.getoption("gdb_on_failure")))
+    return Bench(paths, flavour, accelerator, gdb=bool(request.config.getoption("gdb_on_failure")),
+                 snapshots=not request.config.getoption("boot_every_vm"))
 
 
 def _watch(request: pytest.FixtureRequest, vm: VM, from_boot: bool) -> None:
@@ -234,7 +256,8 @@ def vm(_module_vm: list[VM], dmagate_bench: Bench, request: pytest.FixtureReques
         _module_vm.pop().kill()
     if not _module_vm:
         name = re.sub(r"\W+", "-", request.module.__name__.rsplit(".", 1)[-1])
-        _module_vm.append(dmagate_bench.new_vm(name=name).start())
+        boot = request.node.get_closest_marker("real_boot") is not None
+        _module_vm.append(dmagate_bench.start_vm(boot=boot, name=name))
     _watch(request, _module_vm[0], from_boot=False)
     return _module_vm[0]
 
@@ -252,7 +275,8 @@ def make_vm(
 
     def factory(**overrides: Any) -> VM:
         overrides.setdefault("name", re.sub(r"\W+", "-", request.node.name)[:40])
-        vm = dmagate_bench.new_vm(**overrides).start()
+        boot = request.node.get_closest_marker("real_boot") is not None
+        vm = dmagate_bench.start_vm(boot=boot, **overrides)
         made.append(vm)
         _watch(request, vm, from_boot=True)
         return vm

@@ -572,8 +572,9 @@ _HEADERS: tuple[_Header, ...] = (
        _title("INFO: trying to register non-static key in {frame}", _TRACE), _TASK_END),
     # ---- WARN()
     _h("WARNING", r"WARNING: CPU: \d+ PID: \d+ at (?P<src>\S+)(?: {FUNC})?", _warning),
-    _h("WARNING", r"WARNING: (?P<src>[\w./-]+:\d+) at (?:{FUNC}/0x[0-9a-f]+|0x[0-9a-f]+),"
-       r" CPU#\d+", _warning),
+    # 7.x: "WARNING: file:line at func+0x10/0x20 [module], CPU#1: comm/pid".
+    _h("WARNING", r"WARNING: (?P<src>[\w./-]+:\d+) at (?:{FUNC}/0x[0-9a-f]+|0x[0-9a-f]+)"
+       r"(?: \[\w+\])?, CPU#\d+", _warning),
     _h("WARNING", r"WARNING: kernel stack (?:regs|frame pointer) at", "WARNING: kernel stack "
        "regs has bad value", _LINE_END),
     # ---- other BUG:s with a fixed title

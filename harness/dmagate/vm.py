@@ -52,6 +52,7 @@ CMDLINE_FILE = "qemu-cmdline.txt"
 BOOT_TIMEOUT = 15.0
 SHUTDOWN_TIMEOUT = 5.0
 QMP_TIMEOUT = 10.0
+MIGRATION_TIMEOUT = 30.0
 
 
 def kernel_timeout_factor(manifest: Manifest) -> float:
@@ -150,8 +151,15 @@ class VM:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def start(self, wait: bool = True) -> VM:
-        """Start QEMU, attach console and QMP; with ``wait``, also SSH."""
+    def start(self, wait: bool = True, restore: Path | None = None) -> VM:
+        """Start QEMU, attach console and QMP; with ``wait``, also SSH.
+
+        ``restore``: instead of booting, load a guest that ``save_snapshot``
+        wrote from a VM of the same options (dmagate.snapshot); it runs on
+        from where it was saved, SSH-ready.
+        """
+        if restore is not None:
+            self.argv = [*self.argv, "-incoming", "defer"]
         (self.workdir / CMDLINE_FILE).write_text(shlex.join(self.argv) + "\n")
         self._started = time.monotonic()
         try:
@@ -177,9 +185,11 @@ class VM:
                 time.sleep(0.2)  # let the console reader catch QEMU's last words
                 raise VMError(f"{err}; QEMU said:\n{self.console.tail(15)}") from err
             self.timing.qmp = time.monotonic() - self._started
+            if restore is not None:
+                self._load(restore)
             self.ssh_port = self._discover_ssh_port()
             if wait:
-                self.wait_ready()
+                self.wait_ready(booted=restore is None)
         except BaseException:
             self.kill()
             raise
@@ -192,13 +202,47 @@ class VM:
             raise VMError(f"no SSH forward in 'info usernet':\n{usernet}")
         return port
 
-    def wait_ready(self) -> None:
-        """Wait for init's ready line, then for SSH; record both times."""
+    def _load(self, snapshot: Path) -> None:
+        """Load a saved guest into this (-incoming defer) QEMU and run it."""
+        self.qmp.cmd("migrate-incoming", uri=f"file:{snapshot}")
+        self._wait_migration("restoring from", snapshot)
+        self.qmp.cmd("cont")
+
+    def save_snapshot(self, dest: Path) -> None:
+        """Write the running guest to ``dest`` (a migration stream), for
+        ``start(restore=dest)``. The SSH session is closed first: a restored
+        guest must not hold a connection its new QEMU never had. The guest
+        stays paused; the VM is of no more use than to be shut down."""
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+        self.qmp.cmd("stop")
+        self.qmp.cmd("migrate", uri=f"file:{dest}")
+        self._wait_migration("saving to", dest)
+
+    def _wait_migration(self, what: str, path: Path) -> None:
+        deadline = time.monotonic() + self.scale(MIGRATION_TIMEOUT)
+        while True:
+            info = self.qmp.cmd("query-migrate")
+            status = info.get("status", "none")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise VMError(f"{what} {path}: migration {status}: {info.get('error-desc', '')}")
+            if time.monotonic() > deadline:
+                raise VMError(f"{what} {path}: migration still {status} after "
+                              f"{self.scale(MIGRATION_TIMEOUT):.0f} s")
+            time.sleep(0.02)
+
+    def wait_ready(self, booted: bool = True) -> None:
+        """Wait for init's ready line (after a boot), then for SSH; record both
+        times."""
         timeout = self.scale(BOOT_TIMEOUT)
-        try:
-            self.console.wait_for(READY_LINE, timeout, start=0)
-        except TimeoutError as err:
-            raise VMError(f"guest did not finish booting: {err}") from err
+        if booted:
+            try:
+                self.console.wait_for(READY_LINE, timeout, start=0)
+            except TimeoutError as err:
+                raise VMError(f"guest did not finish booting: {err}") from err
         self.timing.init_ready = time.monotonic() - self._started
         assert self.ssh_log is not None
         self._ssh = SSH(

@@ -33,7 +33,8 @@ def _results() -> dict[str, Any]:
               for layout in LAYOUTS for size, factor in (("4K", 1), ("1M", 4)) for p in base]
     return {
         "boot": {"harness_s": [3.0, 3.2, 3.1], "floor_s": [2.0, 2.2, 2.1],
-                 "harness_median_s": 3.1, "floor_median_s": 2.1},
+                 "harness_median_s": 3.1, "floor_median_s": 2.1,
+                 "restore_s": [0.6, 0.62, 0.64], "restore_median_s": 0.62},
         "device": [{"op": "FILL", "device_MBps": 1400.0, "baseline": "memcpy",
                     "host_MBps": 7000.0, "runs": 3}],
         "cycles": cycles,
@@ -54,6 +55,7 @@ def test_ratios_compare_each_protection_with_none_at_the_same_size_and_layout() 
 def test_summary_names_every_ratio() -> None:
     text = summary(_results())
     assert "harness/floor 1.48x" in text
+    assert "fresh guest from a snapshot: 0.62 s to SSH (restore/boot 0.20x)" in text
     assert "FILL" in text and "(20 %)" in text
     assert "1.10x" in text and "1.50x" in text
 

@@ -23,8 +23,10 @@ def test_clean_boot_has_no_splats(flavour: str) -> None:
     assert find_splats(log(f"{flavour}-clean-boot")) == []
 
 
-def test_warning_from_test_module() -> None:
-    (splat,) = find_splats(log("6.12-warn"))
+@pytest.mark.parametrize("flavour", ["6.12", "7.3"])
+def test_warning_from_test_module(flavour: str) -> None:
+    """7.x prints "WARNING: file:line at func+off/size [module], CPU#n: comm/pid"."""
+    (splat,) = find_splats(log(f"{flavour}-warn"))
     assert splat.kind == "WARNING"
     assert splat.title == "WARNING in splat_test_warn"
     assert "deliberate warning" in splat.report

@@ -8,12 +8,16 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from dmagate.hwregs import HW
 from dmagate.vm import VM
 
 DEVICE_VERSION = f"{HW['VERSION_VALUE'] >> 16}\\.{HW['VERSION_VALUE'] & 0xFFFF}"
 
 DMAGATE_ID = "1234:d6a7"
+# The boot is what these tests look at: their guests never come from a snapshot.
+pytestmark = pytest.mark.real_boot
 
 
 def test_dmagate_device_on_guest_pci_bus(vm: VM) -> None:

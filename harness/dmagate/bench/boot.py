@@ -6,7 +6,9 @@ SSH (machine, CPU model, memory, no default devices, kernel, a user-mode
 NIC; QEMU's default firmware; no dmagate device, no QMP, no console). Both
 are timed from the QEMU process's start to an SSH login that worked, with
 the same client; the floor first waits for sshd's banner itself, so that
-the client only tries once the guest answers.
+the client only tries once the guest answers. Beside them, the same guest
+restored from a snapshot of a booted one (dmagate.snapshot), timed the same
+way: what a test's fresh VM costs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dmagate.cmdline import BASE_KERNEL_ARGS
 from dmagate.manifest import Manifest
 from dmagate.paths import BuildPaths
 from dmagate.process import die_with_parent, kill_group
+from dmagate.snapshot import make_snapshot, restored, snapshot_path
 from dmagate.ssh import SSH
 from dmagate.transcript import Transcript
 from dmagate.vm import VM, VMOptions
@@ -41,10 +44,15 @@ class BootTimes:
         return statistics.median(self.samples_s)
 
 
-def boot_results(harness: BootTimes, floor: BootTimes) -> dict[str, object]:
+def boot_results(harness: BootTimes, floor: BootTimes,
+                 restore: BootTimes | None = None) -> dict[str, object]:
     """The "boot" entry of the bench's results."""
-    return {"harness_s": list(harness.samples_s), "floor_s": list(floor.samples_s),
-            "harness_median_s": harness.median_s, "floor_median_s": floor.median_s}
+    results: dict[str, object] = {
+        "harness_s": list(harness.samples_s), "floor_s": list(floor.samples_s),
+        "harness_median_s": harness.median_s, "floor_median_s": floor.median_s}
+    if restore is not None:
+        results |= {"restore_s": list(restore.samples_s), "restore_median_s": restore.median_s}
+    return results
 
 
 def _free_port() -> int:
@@ -113,11 +121,22 @@ def boot_floor(paths: BuildPaths, flavour: str, accel: Accelerator, timeout: flo
 
 
 def measure_boots(paths: BuildPaths, flavour: str, accel: Accelerator,
-                  boots: int) -> tuple[BootTimes, BootTimes]:
-    """``boots`` boots each, alternating, so that load on the host hits both alike."""
-    harness, floor = [], []
+                  boots: int) -> tuple[BootTimes, BootTimes, BootTimes]:
+    """``boots`` boots each of the harness's guest and the floor, and as many
+    restores of the harness's guest from its snapshot (made first, untimed),
+    alternating, so that load on the host hits all alike."""
+    harness, floor, restore = [], [], []
+    first = VM(VMOptions(flavour=flavour, name="bench-snapshot"), paths, accel)
+    if not snapshot_path(first).exists():
+        make_snapshot(first, snapshot_path(first))
     for i in range(boots):
         with VM(VMOptions(flavour=flavour, name=f"bench-boot-{i}"), paths, accel) as vm:
             harness.append(vm.timing.ssh_ready)
         floor.append(boot_floor(paths, flavour, accel, timeout=accel.scale(120)))
-    return BootTimes("harness", tuple(harness)), BootTimes("floor", tuple(floor))
+        vm = VM(VMOptions(flavour=flavour, name=f"bench-restore-{i}"), paths, accel)
+        try:
+            restore.append(restored(vm).timing.ssh_ready)
+        finally:
+            vm.shutdown()
+    return (BootTimes("harness", tuple(harness)), BootTimes("floor", tuple(floor)),
+            BootTimes("restore", tuple(restore)))

@@ -39,9 +39,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
     paths = BuildPaths.discover()
-    harness, floor = measure_boots(paths, args.kernel,
+    harness, floor, restore = measure_boots(paths, args.kernel,
                                    resolve_accelerator(args.accel, paths.qemu), args.boots)
-    return _done({"boot": boot_results(harness, floor)}, args.out)
+    return _done({"boot": boot_results(harness, floor, restore)}, args.out)
 
 
 def cmd_bench_device(args: argparse.Namespace) -> int:

@@ -52,6 +52,10 @@ def summary(results: Results) -> str:
         lines.append(f"boot to SSH: harness {boot['harness_median_s']:.2f} s, floor "
                      f"{boot['floor_median_s']:.2f} s (harness/floor "
                      f"{boot['harness_median_s'] / boot['floor_median_s']:.2f}x)")
+        if "restore_median_s" in boot:
+            lines.append(f"fresh guest from a snapshot: {boot['restore_median_s']:.2f} s to SSH "
+                         f"(restore/boot "
+                         f"{boot['restore_median_s'] / boot['harness_median_s']:.2f}x)")
     for rate in results.get("device", []):
         lines.append(f"device {rate['op']:<9} 64 MiB: {rate['device_MBps']:7.0f} MB/s, host "
                      f"{rate['baseline']} {rate['host_MBps']:7.0f} MB/s "
@@ -110,7 +114,10 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
     if results.get("boot"):
         boot = results["boot"]
         fig, ax = plt.subplots(figsize=(5, 4))
-        ax.boxplot([boot["harness_s"], boot["floor_s"]], tick_labels=["harness", "floor"])
+        boxes = {"harness": boot["harness_s"], "floor": boot["floor_s"]}
+        if "restore_s" in boot:
+            boxes["restore"] = boot["restore_s"]
+        ax.boxplot(list(boxes.values()), tick_labels=list(boxes))
         ax.set_ylabel("boot to SSH login (s)")
         written.append(_save(fig, out_dir / "boot.png", plt))
     return written

@@ -30,8 +30,8 @@ def run_all(plan: BenchPlan, paths: BuildPaths, accel: Accelerator, out_dir: Pat
     results: Results = {"kernel": plan.flavour, "accel": accel.name,
                         "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                         "plan": asdict(plan)}
-    harness, floor = measure_boots(paths, plan.flavour, accel, plan.boots)
-    results["boot"] = boot_results(harness, floor)
+    harness, floor, restore = measure_boots(paths, plan.flavour, accel, plan.boots)
+    results["boot"] = boot_results(harness, floor, restore)
     results["device"] = [r.as_result() for r in measure_device(paths, plan.device_runs)]
     options = VMOptions(flavour=plan.flavour, accel=accel.name, name="bench-cycle")
     results["cycles"] = measure_cycles(options, paths, CycleSetup(), all_cases(plan.sizes),

@@ -1,0 +1,70 @@
+"""Fresh guests from a snapshot of a booted one, instead of a boot.
+
+The first time a guest of given options is asked for, one is booted, checked
+clean (no kernel splat, no taint beyond O/E), and saved with QEMU's migration
+to a file (``VM.save_snapshot``): the guest as it stands SSH-ready, with the
+driver bound and nothing run yet. Every later guest of the same options is
+that file loaded into a new QEMU (``VM.start(restore=...)``): it runs on
+from that moment, with its own QMP socket, SSH port and console.
+
+A snapshot lives in the image's ``snapshots/`` directory, named for what it
+depends on: the QEMU binary (path, size, mtime), the image (its manifest's
+build time) and the whole guest specification (machine, memory, kernel
+arguments, devices). Anything else makes a new one. What a restored guest
+does not have: its own boot (console output before the restore, a boot-time
+first), fresh entropy (every restore starts from the same random state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+from dmagate.health import HealthWatch
+from dmagate.vm import VM, VMError
+
+SNAPSHOT_DIR = "snapshots"
+
+
+def snapshot_path(vm: VM) -> Path:
+    """Where a snapshot of a guest like ``vm`` (not started) is kept."""
+    qemu = vm.spec.qemu.stat()
+    identity = "\n".join((
+        repr(vm.spec),
+        f"{vm.spec.qemu} {qemu.st_size} {qemu.st_mtime_ns}",
+        vm.manifest.built_at,
+    ))
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return vm.image_dir / SNAPSHOT_DIR / f"guest-{key}.mig"
+
+
+def make_snapshot(vm: VM, dest: Path) -> None:
+    """Boot ``vm`` (not started), check it is clean, save it to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
+    try:
+        vm.start()
+        watch = HealthWatch.begin(vm, from_boot=True)
+        watch.scans_leaks = False  # a leak scan takes long; each test's own check scans
+        report = watch.check()
+        if not report.clean:
+            raise VMError(f"not saving a snapshot of a guest that booted unclean:\n"
+                          f"{report.describe()}")
+        vm.save_snapshot(partial)
+        partial.rename(dest)  # whole, or not there
+    finally:
+        vm.kill()
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+def restored(vm: VM) -> VM:
+    """Start ``vm`` (not started) from the snapshot of its options, making
+    that snapshot first if there is none."""
+    dest = snapshot_path(vm)
+    if not dest.exists():
+        make_snapshot(VM(vm.options, vm.paths, vm.accel,
+                         workdir=vm.workdir.with_name(vm.workdir.name + "-snapshot")), dest)
+    return vm.start(restore=dest)

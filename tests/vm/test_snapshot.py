@@ -1,0 +1,37 @@
+"""Fresh guests from a snapshot (dmagate.snapshot): a guest restored into a
+new QEMU runs on from where a booted one was saved, SSH-ready with its
+driver bound, and each restored guest is a machine of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dmagate.guesttool import EXIT_OK, dmagatectl
+from dmagate.snapshot import snapshot_path
+from dmagate.vm import VM
+
+
+def test_fresh_guests_are_restored_and_each_is_its_own(make_vm: Callable[..., VM]) -> None:
+    one, two = make_vm(name="restored-one"), make_vm(name="restored-two")
+    for guest in (one, two):
+        # Restored: loaded from the snapshot, never booted in this QEMU.
+        assert "-incoming" in guest.argv
+        assert "dmagate-init: ready" not in guest.console.text()
+        assert snapshot_path(guest).exists()
+    assert one.pid != two.pid and one.ssh_port != two.ssh_port
+    one.run("echo one > /tmp/mark", check=True)
+    assert two.run("cat /tmp/mark").status != 0
+    # The driver bound at the snapshot's boot works in both.
+    for guest in (one, two):
+        run = dmagatectl(guest, "xfer fill -s 256K -p 0x51")
+        assert run.status == EXIT_OK, run.describe()
+        assert run["verified"] == "yes"
+    # The boot's kernel log came along in guest memory.
+    assert "dmagate" in one.run("dmesg | grep 'bound, device version'", check=True).stdout
+
+
+def test_other_options_boot_and_get_no_snapshot(make_vm: Callable[..., VM]) -> None:
+    guest = make_vm(devices=("dmagate", "dmagate"))
+    assert "-incoming" not in guest.argv
+    assert "dmagate-init: ready" in guest.console.text()
+    assert dmagatectl(guest, "list").stdout.count("driver=dmagate") == 2
