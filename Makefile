@@ -5,7 +5,7 @@
 KERNEL ?= 6.12
 # Kernel flavours `make test` runs the VM suite on: Debian's 6.12, 6.1 and
 # 7.3 cloud kernels, and 6.12 built with KASAN, lockdep, DMA-API debug,
-# kmemleak and fault injection (debug: ~7 min to build cold, then cached).
+# kmemleak and fault injection (debug: ~6 min to build cold, then cached).
 TEST_KERNELS ?= 6.12 6.1 7.3 debug
 PYTEST_ARGS ?=
 
