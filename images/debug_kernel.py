@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from buildutil import BuildError, candidate, download, run, sha256_file
-from kernel_inputs import KernelInputs
+from kernel_inputs import KernelInputs, read_config
 
 from dmagate.flavours import DEBUG_FLAVOUR
 from dmagate.manifest import PackageInput
@@ -34,25 +34,10 @@ def _key(version: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _wanted_options() -> dict[str, str]:
-    wanted = {}
-    for line in FRAGMENT.read_text().splitlines():
-        if line.startswith("CONFIG_"):
-            name, _, value = line.partition("=")
-            wanted[name] = value
-    return wanted
-
-
 def _check_config(config: Path) -> None:
     """Every option of the fragment must have survived Kconfig."""
-    have = {}
-    for line in config.read_text().splitlines():
-        if line.startswith("CONFIG_"):
-            name, _, value = line.partition("=")
-            have[name] = value
-        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
-            have[line[2:].split()[0]] = "n"
-    lost = [f"{k}={v} (got {have.get(k, 'n')})" for k, v in _wanted_options().items()
+    have = read_config(config)
+    lost = [f"{k}={v} (got {have.get(k, 'n')})" for k, v in read_config(FRAGMENT).items()
             if have.get(k, "n") != v]
     if lost:
         raise BuildError(

@@ -12,6 +12,17 @@ from trixie_root import BuildRoot
 from dmagate.manifest import PackageInput
 
 
+def read_config(path: Path) -> dict[str, str]:
+    """A kernel .config (or fragment): CONFIG_X -> value ("y", "m", a string);
+    options unset or "is not set" are absent."""
+    options = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("CONFIG_"):
+            name, _, value = line.partition("=")
+            options[name] = value
+    return options
+
+
 @dataclass(frozen=True)
 class KernelInputs:
     """A kernel ready to boot and to build modules against, whatever its origin."""
@@ -36,13 +47,7 @@ class KernelInputs:
     tree: Path | None = None
 
     def config_options(self) -> dict[str, str]:
-        """CONFIG_X -> value ("y", "m", a string); unset options are absent."""
-        options = {}
-        for line in self.config.read_text().splitlines():
-            if line.startswith("CONFIG_"):
-                name, _, value = line.partition("=")
-                options[name] = value
-        return options
+        return read_config(self.config)
 
     @property
     def has_checkers(self) -> bool:

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from buildutil import BuildError, run
-from kernel_inputs import KernelInputs
+from kernel_inputs import KernelInputs, read_config
 
 # What the guest's init, sshd and the driver need, as (option, accepted values).
 GUEST_NEEDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -60,7 +60,7 @@ def kernel_from_tree(path: str, cache: Path) -> KernelInputs:
     root = cache / "kernels" / f"tree-{key}" / "root"
     source = tree / "source" if (tree / "source").is_dir() else tree
     checkpatch = source / "scripts/checkpatch.pl"
-    pvh = vmlinux.is_file() and "CONFIG_PVH=y" in (tree / ".config").read_text()
+    pvh = vmlinux.is_file() and read_config(tree / ".config").get("CONFIG_PVH") == "y"
     kernel = KernelInputs(
         flavour=str(tree),
         release=release,

@@ -250,14 +250,17 @@ def _module_vm(dmagate_bench: Bench, request: pytest.FixtureRequest) -> Iterator
         )
 
 
+def _real_boot(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("real_boot") is not None
+
+
 @pytest.fixture
 def vm(_module_vm: list[VM], dmagate_bench: Bench, request: pytest.FixtureRequest) -> VM:
     if _module_vm and (not _module_vm[0].is_running() or _module_vm[0].panicked()):
         _module_vm.pop().kill()
     if not _module_vm:
         name = re.sub(r"\W+", "-", request.module.__name__.rsplit(".", 1)[-1])
-        boot = request.node.get_closest_marker("real_boot") is not None
-        _module_vm.append(dmagate_bench.start_vm(boot=boot, name=name))
+        _module_vm.append(dmagate_bench.start_vm(boot=_real_boot(request), name=name))
     _watch(request, _module_vm[0], from_boot=False)
     return _module_vm[0]
 
@@ -275,8 +278,7 @@ def make_vm(
 
     def factory(**overrides: Any) -> VM:
         overrides.setdefault("name", re.sub(r"\W+", "-", request.node.name)[:40])
-        boot = request.node.get_closest_marker("real_boot") is not None
-        vm = dmagate_bench.start_vm(boot=boot, **overrides)
+        vm = dmagate_bench.start_vm(boot=_real_boot(request), **overrides)
         made.append(vm)
         _watch(request, vm, from_boot=True)
         return vm
