@@ -4,8 +4,9 @@
  * zlib's table-driven CRC runs at about a third of a host memcpy, so in
  * zero-delay mode it bounded the device's data rate. On an x86 host with
  * PCLMULQDQ the bulk is folded with carry-less multiplies instead (64
- * bytes a step, then a Barrett reduction); what is left over, and every
- * other host, goes to zlib. Same results as zlib's crc32(), to the bit.
+ * bytes a step, then a Barrett reduction), in one 512-bit register where
+ * the host has VPCLMULQDQ and AVX-512; what is left over, and every other
+ * host, goes to zlib. Same results as zlib's crc32(), to the bit.
  *
  * Copyright (c) 2026 The dmagate authors
  *

@@ -58,6 +58,7 @@
 #include "dmagate-crc.h"
 #include "dmagate-dmalog.h"
 #include "dmagate-faults.h"
+#include "dmagate-pattern.h"
 #include "trace.h"
 
 #define TYPE_DMAGATE "dmagate"
@@ -484,47 +485,7 @@ static void dmagate_halt(DmagateState *s, const char *what, uint32_t code,
 
 /* Data */
 
-static uint64_t dmagate_mix64(uint64_t z)
-{
-    z ^= z >> 30;
-    z *= 0xbf58476d1ce4e5b9ULL;
-    z ^= z >> 27;
-    z *= 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    return z;
-}
-
 #define DMAGATE_COMPUTE_BLOCK (16 * KiB)
-
-/* The FILL pattern's word for transfer offsets [8 * @k, 8 * @k + 8). */
-static inline uint64_t dmagate_pattern_word(uint64_t seed, uint64_t k)
-{
-    return dmagate_mix64(seed ^ (k * DMAGATE_FILL_GOLDEN));
-}
-
-/*
- * The FILL pattern for transfer offsets [@offset, @offset + @len): the
- * bytes before the first whole word and after the last one singly, the
- * words between in a loop the compiler keeps tight (in zero-delay mode
- * this bounds the device's data rate).
- */
-static void dmagate_pattern(uint8_t *buf, uint64_t offset, size_t len,
-                            uint64_t seed)
-{
-    size_t head = MIN(len, (8 - offset % 8) % 8), i;
-    uint64_t k = (offset + head) / 8, mixed_k = k * DMAGATE_FILL_GOLDEN;
-
-    for (i = 0; i < head; i++) {
-        buf[i] = dmagate_pattern_word(seed, (offset + i) / 8) >>
-                 (8 * ((offset + i) % 8));
-    }
-    for (; len - i >= 8; i += 8, k++, mixed_k += DMAGATE_FILL_GOLDEN) {
-        stq_le_p(buf + i, dmagate_mix64(seed ^ mixed_k));
-    }
-    for (; i < len; i++) {
-        buf[i] = dmagate_pattern_word(seed, k) >> (8 * ((offset + i) % 8));
-    }
-}
 
 /* TRANSFORM: byte i ^= byte (i mod 8) of @key, a word at a time. */
 static void dmagate_xor_key(uint8_t *buf, uint64_t offset, size_t len,
