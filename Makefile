@@ -7,6 +7,11 @@ KERNEL ?= 6.12
 # 7.3 cloud kernels, and 6.12 built with KASAN, lockdep, DMA-API debug,
 # kmemleak and fault injection (debug: ~6 min to build cold, then cached).
 TEST_KERNELS ?= 6.12 6.1 7.3 debug
+# How many of make test's VM suites and device test runs go side by side.
+# A stock kernel's suite keeps a quarter to half a core busy (its guests
+# mostly wait on the device's timed faults and latencies), a debug one about
+# 0.7: two cores take five.
+TEST_JOBS ?= $(shell echo $$(( 2 * $$(nproc) + 1 )))
 PYTEST_ARGS ?=
 
 VENV    := .venv
@@ -89,29 +94,64 @@ lint: deps ## ruff and mypy over the Python
 unit-test: deps ## host-only tests (no QEMU)
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
+# The test runs, one definition each for their own targets and make test's.
+device_pytest = $(VENV)/bin/pytest tests/device $(PYTEST_ARGS) \
+	--junitxml=$(BUILD)/test-results/device.xml
+device_asan_pytest = env DMAGATE_QEMU=$(abspath $(QEMU_ASAN)) \
+	$(VENV)/bin/pytest tests/device $(PYTEST_ARGS) \
+	--junitxml=$(BUILD)/test-results/device-asan.xml
+# vm_pytest KERNEL[,TESTS[,RESULTS NAME]]: the VM tests (all of tests/vm but
+# the examples, by default) on KERNEL.
+vm_pytest = $(VENV)/bin/pytest $(or $(2),tests/vm) --kernel $(1) $(PYTEST_ARGS) \
+	--ignore=tests/vm/test_examples.py \
+	--junitxml=$(BUILD)/test-results/$(or $(3),vm-$(notdir $(1))).xml
+
 device-test: qemu ## the device model through qtest (no guest OS)
-	@$(VENV)/bin/pytest tests/device $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/device.xml
+	@$(device_pytest)
 
 device-test-asan: qemu-asan ## the device tests on the sanitizer QEMU; a report fails its test
-	@DMAGATE_QEMU=$(abspath $(QEMU_ASAN)) $(VENV)/bin/pytest tests/device $(PYTEST_ARGS) \
-		--junitxml=$(BUILD)/test-results/device-asan.xml
+	@$(device_asan_pytest)
 
 vm-test: image ## the VM tests on KERNEL
-	@$(VENV)/bin/pytest tests/vm --kernel $(KERNEL_ARG) $(PYTEST_ARGS) \
-		--ignore=tests/vm/test_examples.py \
-		--junitxml=$(BUILD)/test-results/vm-$(notdir $(KERNEL_ARG)).xml
+	@$(call vm_pytest,$(KERNEL_ARG))
 
 examples: image ## run every script in examples/ against a VM of its own (KERNEL)
 	@$(VENV)/bin/pytest tests/vm/test_examples.py --kernel $(KERNEL_ARG) $(PYTEST_ARGS) -s \
 		--junitxml=$(BUILD)/test-results/examples-$(notdir $(KERNEL_ARG)).xml
 
-test: lint qemu ## everything: lint, unit, device (plain, then ASan/UBSan), VM tests (TEST_KERNELS), examples
+test: lint qemu qemu-asan ## everything: lint, unit, device (plain, ASan/UBSan), VM tests (TEST_KERNELS), examples
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
-	@$(MAKE) --no-print-directory device-test
-	@$(MAKE) --no-print-directory device-test-asan
 	@set -e; for k in $(TEST_KERNELS); do \
-		$(MAKE) --no-print-directory vm-test KERNEL=$$k; done
+		$(MAKE) --no-print-directory image KERNEL=$$k; done
+	@$(MAKE) --no-print-directory -j$(TEST_JOBS) $(TEST_RUNS)
 	@$(MAKE) --no-print-directory examples KERNEL=$(firstword $(TEST_KERNELS))
+
+# make test's runs after the builds. Each prints its output whole when it
+# ends (scripts/run-logged.sh) and leaves it in build/test-results/<run>.log.
+# The debug suite, the longest (about 60 % of the CPU time of all the runs),
+# goes first, in two halves of about equal length; then the short device
+# runs, then the stock kernels' suites.
+DEBUG_HALF = tests/vm/test_fault_matrix.py tests/vm/test_rogue_device.py \
+             tests/vm/test_driver_protocol.py tests/vm/test_driver_stress.py
+VM_KERNELS = $(filter-out debug,$(TEST_KERNELS))
+TEST_RUNS  = $(if $(filter debug,$(TEST_KERNELS)),run/vm-debug-1 run/vm-debug-2) \
+             run/device run/device-asan $(addprefix run/vm-,$(VM_KERNELS))
+RUN_LOGGED = scripts/run-logged.sh
+$(addprefix run/vm-,$(VM_KERNELS)): run/vm-%:
+	@$(RUN_LOGGED) "vm-test KERNEL=$*" $(BUILD)/test-results/vm-$*.log \
+		$(call vm_pytest,$*)
+run/vm-debug-1:
+	@$(RUN_LOGGED) "vm-test KERNEL=debug (1 of 2)" $(BUILD)/test-results/vm-debug-1.log \
+		$(call vm_pytest,debug,$(DEBUG_HALF),vm-debug-1)
+run/vm-debug-2:
+	@$(RUN_LOGGED) "vm-test KERNEL=debug (2 of 2)" $(BUILD)/test-results/vm-debug-2.log \
+		$(call vm_pytest,debug,tests/vm $(addprefix --ignore=,$(DEBUG_HALF)),vm-debug-2)
+run/device:
+	@$(RUN_LOGGED) device-test $(BUILD)/test-results/device.log $(device_pytest)
+run/device-asan:
+	@$(RUN_LOGGED) device-test-asan $(BUILD)/test-results/device-asan.log \
+		$(device_asan_pytest)
+.PHONY: $(TEST_RUNS)
 
 bench: image ## boot vs its floor, device vs host memcpy/CRC-32, the cycle vs no protection and mprotect -> build/bench/ (JSON, PNG)
 	@$(DMAGATE) --kernel $(KERNEL_ARG) bench --out $(BUILD)/bench

@@ -1,6 +1,8 @@
-"""What a failed VM test leaves behind, in build/test-artifacts/<test>/:
-each VM's console log from the test's start, its QEMU command line, the QMP
-and SSH transcripts, and one line that runs the test again alone."""
+"""What a failed VM test leaves behind, in
+build/test-artifacts/<flavour>/<test>/: each VM's console log from the
+test's start, its QEMU command line, the QMP and SSH transcripts, and one
+line that runs the test again alone. One folder per kernel flavour, since
+make test runs the flavours' suites side by side."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+from dmagate.flavours import image_dir_name
 from dmagate.vm import CMDLINE_FILE, VM
 
 REPRO_FILE = "repro.txt"
@@ -19,9 +22,14 @@ def artifact_name(nodeid: str) -> str:
     return re.sub(r"[^\w.-]+", "_", nodeid).strip("_")
 
 
-def artifact_dir(root: Path, nodeid: str) -> Path:
-    """An empty directory for the test ``nodeid`` under ``root``."""
-    directory = root / artifact_name(nodeid)
+def artifact_path(root: Path, flavour: str, nodeid: str) -> Path:
+    """Where the artifacts of the test ``nodeid`` on ``flavour`` go."""
+    return root / image_dir_name(flavour).removeprefix("image-") / artifact_name(nodeid)
+
+
+def artifact_dir(root: Path, flavour: str, nodeid: str) -> Path:
+    """An empty directory for the test ``nodeid`` on ``flavour`` under ``root``."""
+    directory = artifact_path(root, flavour, nodeid)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     return directory

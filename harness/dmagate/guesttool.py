@@ -61,10 +61,22 @@ class ToolRun:
         return f"exit {self.status}\nstdout:\n{self.stdout}stderr:\n{self.stderr}"
 
 
-def dmagatectl(vm: VM, args: str, timeout: float = 60.0) -> ToolRun:
+def dmagatectl(vm: VM, args: str, timeout: float = 60.0, first: str = "") -> ToolRun:
+    """``dmagatectl ARGS`` in the guest; ``first``, a shell command (e.g.
+    ``submitted_in_background``), runs before it in the same SSH command."""
     command = f"dmagatectl {args}"
-    status, out, err = vm.run(command, timeout=timeout)
+    status, out, err = vm.run(f"{first}{command}", timeout=timeout)
     return ToolRun(command, status, out, err)
+
+
+def submitted_in_background(args: str, out: str) -> str:
+    """A shell command: ``dmagatectl ARGS`` started in the background with
+    its output in ``out``, then a wait (up to 30 s) until it has submitted.
+    What follows in the same guest command then runs while that transfer is
+    in flight, with no SSH round trip in between: on a busy host one can
+    outlast a short watchdog or latency on the debug kernel."""
+    return (f"setsid dmagatectl {args} > {out} 2>&1 < /dev/null & "
+            f"for i in $(seq 3000); do grep -q ^submitted {out} && break; sleep 0.01; done; ")
 
 
 def wait_for(vm: VM, command: str, pattern: str, timeout: float) -> str:

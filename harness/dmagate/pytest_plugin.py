@@ -15,7 +15,7 @@ the driver had given the device, unless the test declares it with
 ``@pytest.mark.expect_ownership_violation("REGEX")``. A failing
 test's report ends with the last console lines and the splats; its console
 slice, QMP and SSH transcripts and QEMU command line are kept under
-build/test-artifacts/<test>/.
+build/test-artifacts/<flavour>/<test>/.
 """
 
 from __future__ import annotations
@@ -410,9 +410,9 @@ def pytest_runtest_makereport(
         return report
     health = {h.vm_name: h for h in item.stash.get(_HEALTH_KEY, [])}
     paths = BuildPaths.discover()
-    directory = artifacts.artifact_dir(paths.artifacts, item.nodeid)
-    repro = artifacts.repro_command(paths.root, item.nodeid,
-                                    str(item.config.getoption("kernel")), sys.executable)
+    flavour = str(item.config.getoption("kernel"))
+    directory = artifacts.artifact_dir(paths.artifacts, flavour, item.nodeid)
+    repro = artifacts.repro_command(paths.root, item.nodeid, flavour, sys.executable)
     (directory / artifacts.REPRO_FILE).write_text(repro + "\n")
     for watch in vms.watches:
         vm = watch.vm

@@ -18,8 +18,10 @@ first), fresh entropy (every restore starts from the same random state).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from dmagate.health import HealthWatch
@@ -60,11 +62,24 @@ def make_snapshot(vm: VM, dest: Path) -> None:
             partial.unlink()
 
 
+@contextlib.contextmanager
+def _making(dest: Path) -> Iterator[None]:
+    """Held while the snapshot ``dest`` is made: suites that run side by
+    side on one image (make test) make it once, the others wait for it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(f"{dest.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def restored(vm: VM) -> VM:
     """Start ``vm`` (not started) from the snapshot of its options, making
     that snapshot first if there is none."""
     dest = snapshot_path(vm)
     if not dest.exists():
-        make_snapshot(VM(vm.options, vm.paths, vm.accel,
-                         workdir=vm.workdir.with_name(vm.workdir.name + "-snapshot")), dest)
+        with _making(dest):
+            if not dest.exists():
+                make_snapshot(VM(vm.options, vm.paths, vm.accel,
+                                 workdir=vm.workdir.with_name(vm.workdir.name + "-snapshot")),
+                              dest)
     return vm.start(restore=dest)

@@ -40,6 +40,7 @@ from dmagate.guesttool import (
     driver_timeout,
     merged_fields,
     stats_delta,
+    submitted_in_background,
     wait_for,
 )
 from dmagate.paths import BuildPaths
@@ -203,9 +204,8 @@ def _run_close(vm: VM) -> str:
 def _run_unbind(vm: VM, bdf: str) -> str:
     # The unbind follows the submission inside the guest: an SSH round trip
     # on the debug kernel can outlast the transfer's latency.
-    vm.run(f"setsid dmagatectl wait-hup {TRANSFER} > /tmp/hup.out 2>&1 < /dev/null & "
-           "for i in $(seq 3000); do grep -q ^submitted /tmp/hup.out && break; sleep 0.01; "
-           f"done; echo {bdf} > /sys/bus/pci/drivers/dmagate/unbind", check=True, timeout=60)
+    vm.run(submitted_in_background(f"wait-hup {TRANSFER}", "/tmp/hup.out")
+           + f"echo {bdf} > /sys/bus/pci/drivers/dmagate/unbind", check=True, timeout=60)
     out = wait_for(vm, "cat /tmp/hup.out", r"^close=", 30)
     assert "submitted" in out, out
     records = [line for line in out.splitlines() if line.startswith("record ")]

@@ -46,7 +46,8 @@ def test_a_failed_test_whose_guest_panicked_leaves_its_memory_dump(dmagate_bench
         cwd=root, capture_output=True, text=True, timeout=dmagate_bench.scale(180), check=False)
     assert child.returncode == 1, child.stdout + child.stderr  # the one test failed
     nodeid = f"{HOLDER.relative_to(root)}::test_guest_panics"
-    saved = dmagate_bench.paths.artifacts / artifacts.artifact_name(nodeid) / "panic_in_vm"
+    saved = artifacts.artifact_path(dmagate_bench.paths.artifacts, dmagate_bench.flavour,
+                                    nodeid) / "panic_in_vm"
     assert PANIC_LINE.decode() in (saved / "console.log").read_text()
     dump = saved / memdump.DUMP_FILE
     assert memdump.read_dump(dump).cpus == 2, child.stdout

@@ -27,6 +27,7 @@ from dmagate.guesttool import (
     dmagatectl,
     driver_timeout,
     merged_fields,
+    submitted_in_background,
     wait_for,
 )
 from dmagate.vm import VM
@@ -156,9 +157,10 @@ def test_ignored_reset_fails_waiters_and_keeps_everything(fresh_vm: VM) -> None:
     vm = fresh_vm
     with driver_timeout(vm, WATCHDOG_MS), \
             device_faults(vm, **{"fault-ignore-reset": "both", "fault-stall": 1}):
-        vm.run("setsid dmagatectl wait-hup fill -s 64K > /tmp/hup.out 2>&1 < /dev/null &",
-               check=True)
-        run = dmagatectl(vm, "touch fill -s 64K --touch read -t 8000")
+        # The second program submits while the first's transfer stalls,
+        # before the watchdog gives up on the device.
+        run = dmagatectl(vm, "touch fill -s 64K --touch read -t 8000",
+                         first=submitted_in_background("wait-hup fill -s 64K", "/tmp/hup.out"))
         assert "signal=SIGBUS" in run.stdout, "the program touched a page the device owns"
         assert "wait=timeout" not in run.stdout, "the waiter was never told"
         assert run.status == EXIT_SYSCALL and run["errno"] == "EIO", run.describe()
@@ -210,8 +212,7 @@ def test_dead_device_behaves_as_removed(fresh_vm: VM) -> None:
     vm.run(f"echo {WATCHDOG_MS} > {DRIVER_TIMEOUT_MS}", check=True)
     with device_faults(vm, **{"latency-ns": 3_000_000_000}):
         # In flight (3 s of latency) when the device goes dead.
-        vm.run("setsid dmagatectl wait-hup fill -s 64K > /tmp/hup.out 2>&1 < /dev/null & "
-               "sleep 0.5", check=True)
+        vm.run(submitted_in_background("wait-hup fill -s 64K", "/tmp/hup.out"), check=True)
         path = dmagate_paths(vm)[0]
         vm.qmp.cmd("qom-set", path=path, property="fault-dead", value=True)
         hup = wait_for(vm, "cat /tmp/hup.out", r"^close=", 30)
