@@ -373,6 +373,7 @@ def build(
             "client_key": "ssh/client_key",
             "boot_kernel": boot_file.name,
             "checkers": "yes" if kernel.has_checkers else "no",
+            "pmd_pfnmap": "yes" if kernel.maps_pfns_with_pmds else "no",
             "module_build": kernel.module_build,
             **({"checkpatch": str(kernel.checkpatch)} if kernel.checkpatch else {}),
             **({"kernel_tree": str(kernel.tree)} if kernel.tree is not None else {}),

@@ -50,6 +50,12 @@ class KernelInputs:
         return read_config(self.config)
 
     @property
+    def maps_pfns_with_pmds(self) -> bool:
+        """Takes a driver's PMD entries for PFN mappings (Linux 6.12 on, with
+        transparent huge pages): the driver's huge_fault is built."""
+        return self.config_options().get("CONFIG_ARCH_SUPPORTS_PMD_PFNMAP") == "y"
+
+    @property
     def has_checkers(self) -> bool:
         """Built with the checkers the debug flavour has (KASAN, lockdep, kmemleak)."""
         opts = self.config_options()

@@ -59,6 +59,13 @@ class Manifest:
         injection): the debug flavour, or a kernel tree configured with them."""
         return self.extra.get("checkers") == "yes" or self.flavour == DEBUG_FLAVOUR
 
+    @property
+    def maps_pfns_with_pmds(self) -> bool:
+        """The kernel takes a driver's PMD entries for PFN mappings
+        (CONFIG_ARCH_SUPPORTS_PMD_PFNMAP: 6.12 on, with transparent huge
+        pages), so the driver maps whole 2 MiB stretches with one entry."""
+        return self.extra.get("pmd_pfnmap") == "yes"
+
     def package(self, name: str) -> PackageInput:
         for pkg in self.packages:
             if pkg.name == name:

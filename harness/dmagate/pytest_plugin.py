@@ -181,6 +181,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "pmd_pfnmap: needs a kernel that maps a driver's PFNs with PMD entries "
+        "(CONFIG_ARCH_SUPPORTS_PMD_PFNMAP, 6.12 on); deselected on others",
+    )
+    config.addinivalue_line(
+        "markers",
         "expect_ownership_violation(regex): the test makes the device touch memory the "
         "driver had not given it, on purpose",
     )
@@ -199,21 +204,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if VM_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.vm)
     # Not skips: on a kernel without the checkers these tests mean nothing;
-    # on the debug kernel, stock-only tests repeat what others run there.
-    debug = _has_checkers(str(config.getoption("kernel")))
+    # on the debug kernel, stock-only tests repeat what others run there; a
+    # kernel without PMD-mapped PFNs has nothing for the PMD tests to see.
+    flavour = str(config.getoption("kernel"))
+    manifest = _image_manifest(flavour)
+    debug = manifest.has_checkers if manifest else flavour == DEBUG_FLAVOUR
+    unfit_markers = ["stock_kernels_only" if debug else "debug_kernel"]
+    if manifest and not manifest.maps_pfns_with_pmds:
+        unfit_markers.append("pmd_pfnmap")
     unfit = [item for item in items
-             if item.get_closest_marker("stock_kernels_only" if debug else "debug_kernel")]
+             if any(item.get_closest_marker(name) for name in unfit_markers)]
     if unfit:
         config.hook.pytest_deselected(items=unfit)
         items[:] = [item for item in items if item not in unfit]
 
 
-def _has_checkers(flavour: str) -> bool:
-    """Whether the flavour's kernel runs the checkers, from its image if built."""
+def _image_manifest(flavour: str) -> Manifest | None:
+    """The manifest of the flavour's image, if it is built."""
     try:
-        return Manifest.load(BuildPaths.discover().image(flavour)).has_checkers
+        return Manifest.load(BuildPaths.discover().image(flavour))
     except (ManifestError, FileNotFoundError):
-        return flavour == DEBUG_FLAVOUR
+        return None
 
 
 def pytest_report_header(config: pytest.Config) -> str:

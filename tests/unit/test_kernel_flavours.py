@@ -102,3 +102,16 @@ def test_a_tree_without_pvh_or_virtio_gets_one_line_naming_them(
     assert err.startswith(f"image: KERNEL={tree} lacks what the guest needs: CONFIG_PVH=y")
     assert "CONFIG_VIRTIO_NET=y|m" in err and "CONFIG_DEVTMPFS=y" in err
     assert "CONFIG_PCI_MSI" not in err
+
+
+def test_pmd_mapped_pfns_come_from_the_kernels_config(tmp_path: Path) -> None:
+    with_pmds = _tree_kernel(tmp_path, "CONFIG_TRANSPARENT_HUGEPAGE=y\n"
+                                       "CONFIG_ARCH_SUPPORTS_PMD_PFNMAP=y\n")
+    assert with_pmds.maps_pfns_with_pmds
+    # 6.1 has transparent huge pages, but no PMD entries for a driver's PFNs.
+    assert not _tree_kernel(tmp_path, "CONFIG_TRANSPARENT_HUGEPAGE=y\n").maps_pfns_with_pmds
+    manifest = Manifest(flavour="6.1", kernel_release="6.1.0", kernel_config_sha256="",
+                        packages=(), files=(), qemu={}, firmware={}, modules=(), built_at="",
+                        extra={"pmd_pfnmap": "no"})
+    assert not manifest.maps_pfns_with_pmds
+    assert not manifest.has_checkers

@@ -19,14 +19,6 @@ WINDOW_NS = 300_000_000
 PMD_PAGES = 512
 
 
-def maps_pfns_with_pmds(vm: VM) -> bool:
-    """Linux 6.12 on, built with transparent huge pages (so with
-    CONFIG_ARCH_SUPPORTS_PMD_PFNMAP), takes a driver's PMD entries."""
-    major, minor = (int(x) for x in vm.manifest.kernel_release.split(".")[:2])
-    return (major, minor) >= (6, 12) and vm.run(
-        "test -d /sys/kernel/mm/transparent_hugepage").status == 0
-
-
 @pytest.fixture
 def unsafe(vm: VM) -> Iterator[VM]:
     vm.run(f"echo 1 > {UNSAFE_SWITCH}", check=True)
@@ -69,7 +61,7 @@ def test_a_64m_regrant_takes_32_faults_and_pmd_entries_where_the_kernel_can(
     assert run["kernel_parts"] == "yes" and run["bad"] == "0", run.describe()
     chunks = (64 << 20) // (PMD_PAGES * 4096)
     assert int(run["faults"]) == chunks, run.describe()
-    assert int(run["pmds"]) == (chunks if maps_pfns_with_pmds(vm) else 0), run.describe()
+    assert int(run["pmds"]) == (chunks if vm.manifest.maps_pfns_with_pmds else 0), run.describe()
 
 
 @pytest.mark.parametrize(("layout", "faults"), [("--vmas 16", 16), ("--children 4", 2)])
@@ -91,9 +83,8 @@ def test_the_read_maps_the_range_back_into_the_readers_mappings(vm: VM, layout: 
     assert run["faults"] == "0" and int(run["wait_map_ns"]) > 0, run.describe()
 
 
+@pytest.mark.pmd_pfnmap
 def test_stretches_one_pmd_maps_are_left_to_fault(vm: VM) -> None:
-    if not maps_pfns_with_pmds(vm):
-        pytest.skip("this kernel maps PFNs with PTEs only: nothing is left to a PMD fault")
     # 4 MiB in one mapping: two whole 2 MiB stretches, one PMD fault each.
     run = dmagatectl(vm, "cycle -s 4M -n 3 --verify")
     assert run.status == EXIT_OK, run.describe()
