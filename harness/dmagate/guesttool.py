@@ -74,8 +74,11 @@ def submitted_in_background(args: str, out: str) -> str:
     its output in ``out``, then a wait (up to 30 s) until it has submitted.
     What follows in the same guest command then runs while that transfer is
     in flight, with no SSH round trip in between: on a busy host one can
-    outlast a short watchdog or latency on the debug kernel."""
-    return (f"setsid dmagatectl {args} > {out} 2>&1 < /dev/null & "
+    outlast a short watchdog or latency on the debug kernel. ``out`` goes
+    first: the background shell truncates it only when it gets to run, and
+    a loaded guest lets the wait read an earlier run's ``submitted`` before
+    that."""
+    return (f"rm -f {out}; setsid dmagatectl {args} > {out} 2>&1 < /dev/null & "
             f"for i in $(seq 3000); do grep -q ^submitted {out} && break; sleep 0.01; done; ")
 
 

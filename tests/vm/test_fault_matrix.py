@@ -22,6 +22,7 @@ to build/test-artifacts/fault-matrix-<flavour>.txt.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,11 @@ WATCHDOG_MS = 2000
 # long enough to close or unbind mid-transfer, well inside the watchdog.
 LATENCY_NS = 600_000_000
 TRANSFER = "fill -s 64K -l 8K"
+# An unbind cell's transfer is ended by the reset at unbind, so its length
+# costs nothing: it waits long enough, under a watchdog longer still, that
+# no load on the host lets it finish or time out before the unbind lands.
+UNBIND_LATENCY_NS = 30_000_000_000
+UNBIND_WATCHDOG_MS = 60_000
 STATES = ("idle", "poll", "select", "epoll", "read", "ioctl", "close", "unbind")
 STOCK_ONLY_STATES = frozenset({"idle", "select", "epoll", "read"})
 OWNERSHIP_BROKEN = r"data .*(belongs to the program|was taken back)"
@@ -246,7 +252,10 @@ def test_cell(request: pytest.FixtureRequest, matrix: Matrix, make_vm: Callable[
         first = dmagatectl(vm, "xfer fill -s 4K")
         assert first.status == 0, first.describe()
     started = time.monotonic()
-    with device_faults(vm, **{"latency-ns": LATENCY_NS, **fault.knobs}):
+    unbind = state == "unbind"
+    with driver_timeout(vm, UNBIND_WATCHDOG_MS) if unbind else contextlib.nullcontext(), \
+            device_faults(vm, **{"latency-ns": UNBIND_LATENCY_NS if unbind else LATENCY_NS,
+                                 **fault.knobs}):
         if state == "idle":
             time.sleep(0.3)
         if state == "close":
