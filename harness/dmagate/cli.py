@@ -80,7 +80,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
             sys.stdout.write(vm.console.text())
             vm.console.interact()
     finally:
-        session_path(paths).unlink(missing_ok=True)
+        session_path(paths, args.kernel).unlink(missing_ok=True)
         print("\ndmagate: stopping the VM", flush=True)
         vm.kill()
     return 0
@@ -99,7 +99,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise SystemExit("dmagate ssh: name a command to run in the VM")
-    session = load_session(paths)
+    session = load_session(paths, args.kernel)
     image = paths.image(session.flavour)
     manifest = Manifest.load(image)
     ssh = SSH(
@@ -119,7 +119,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_qmp(args: argparse.Namespace) -> int:
-    session = load_session(BuildPaths.discover())
+    session = load_session(BuildPaths.discover(), args.kernel)
     arguments = json.loads(args.arguments) if args.arguments else {}
     monitor = QEMUMonitorProtocol(session.qmp_socket)
     monitor.connect()

@@ -74,7 +74,7 @@ COMMANDS: dict[str, Callable[[DeviceFaults, argparse.Namespace], int]] = {
 
 
 def run(args: argparse.Namespace) -> int:
-    socket = args.qmp or load_session(BuildPaths.discover()).qmp_socket
+    socket = args.qmp or load_session(BuildPaths.discover(), args.kernel).qmp_socket
     try:
         with connect(socket, args.device) as faults:
             return COMMANDS[args.fault_command](faults, args)

@@ -1,6 +1,8 @@
-"""The VM that `dmagate boot` runs: how other commands (ssh, qmp, fault)
-and scripts find it. `boot` writes build/runs/session.json while the VM
-lives and removes it when the VM stops."""
+"""The VMs that `dmagate boot` runs: how other commands (ssh, qmp, fault)
+and scripts find them. `boot` writes build/runs/session-<flavour>.json
+while its VM lives and removes it when the VM stops: one per kernel
+flavour, since make test runs the flavours' suites (and their CLI tests)
+side by side."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dmagate.flavours import image_dir_name
 from dmagate.paths import BuildPaths
 
-SESSION_FILE = "session.json"
+SESSION_GLOB = "session-*.json"
 
 
 @dataclass(frozen=True)
@@ -34,19 +37,31 @@ class Session:
         return True
 
     def save(self, paths: BuildPaths) -> None:
-        session_path(paths).write_text(json.dumps(asdict(self)))
+        session_path(paths, self.flavour).write_text(json.dumps(asdict(self)))
 
 
-def session_path(paths: BuildPaths) -> Path:
-    return paths.runs / SESSION_FILE
+def session_path(paths: BuildPaths, flavour: str) -> Path:
+    return paths.runs / f"session-{image_dir_name(flavour).removeprefix('image-')}.json"
 
 
-def load_session(paths: BuildPaths) -> Session:
-    """The running session; SystemExit naming the fix if there is none."""
+def _read(path: Path) -> Session | None:
     try:
-        session = Session(**json.loads(session_path(paths).read_text()))
+        session = Session(**json.loads(path.read_text()))
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
-        session = None
-    if session is None or not session.alive():
-        raise SystemExit("dmagate: no VM is running: start one with `make shell` or `dmagate boot`")
-    return session
+        return None
+    return session if session.alive() else None
+
+
+def load_session(paths: BuildPaths, flavour: str) -> Session:
+    """The VM `boot` runs with ``flavour``, else the only VM it runs of any
+    flavour; SystemExit naming the fix if there is none or a choice."""
+    own = _read(session_path(paths, flavour))
+    if own is not None:
+        return own
+    running = [s for p in sorted(paths.runs.glob(SESSION_GLOB)) if (s := _read(p))]
+    if len(running) == 1:
+        return running[0]
+    if running:
+        raise SystemExit("dmagate: VMs of kernels " + ", ".join(s.flavour for s in running)
+                         + " are running: pick one with --kernel")
+    raise SystemExit("dmagate: no VM is running: start one with `make shell` or `dmagate boot`")

@@ -15,6 +15,7 @@ import pytest
 
 from dmagate.manifest import Manifest
 from dmagate.pytest_plugin import Bench
+from dmagate.session import session_path
 
 pytestmark = pytest.mark.vm
 
@@ -72,7 +73,7 @@ def test_boot_console_then_ssh_and_qmp_from_outside(dmagate_bench: Bench) -> Non
         assert bad.returncode == 1 and "CommandNotFound" in bad.stdout
 
         qemu_pid = json.loads(
-            (dmagate_bench.paths.runs / "session.json").read_text()
+            session_path(dmagate_bench.paths, dmagate_bench.flavour).read_text()
         )["pid"]
         boot.send("\x1d")  # Ctrl-]
         boot.expect(pexpect.EOF, timeout=dmagate_bench.scale(10))
