@@ -114,6 +114,14 @@ device-test: qemu ## the device model through qtest (no guest OS)
 device-test-asan: qemu-asan ## the device tests on the sanitizer QEMU; a report fails its test
 	@$(device_asan_pytest)
 
+FUZZ_RUNS ?= 10
+fuzz: qemu-asan ## FUZZ_RUNS fuzz runs with fresh random seeds on the ASan/UBSan QEMU; stops at the first finding
+	@for run in $$(seq $(FUZZ_RUNS)); do \
+		echo "== fuzz run $$run of $(FUZZ_RUNS)"; \
+		env -u CI DMAGATE_QEMU=$(abspath $(QEMU_ASAN)) $(VENV)/bin/pytest \
+			tests/device/test_fuzz.py -q -s -p no:cacheprovider $(PYTEST_ARGS) || exit 1; \
+	done
+
 vm-test: image ## the VM tests on KERNEL
 	@$(call vm_pytest,$(KERNEL_ARG))
 
@@ -169,5 +177,5 @@ distclean: clean ## also remove .venv and ~/.cache/dmagate
 	rm -rf $(VENV) $${DMAGATE_CACHE:-$$HOME/.cache/dmagate}
 
 .PHONY: help deps qemu qemu-asan driver image tree-image demo shell lint unit-test device-test \
-	device-test-asan vm-test examples test bench \
+	device-test-asan fuzz vm-test examples test bench \
 	clean distclean

@@ -23,7 +23,9 @@ Two kinds of phases alternate at random:
     DMAGATE_FUZZ_SEED=1234 DMAGATE_FUZZ_OPS=20000 .venv/bin/pytest tests/device/test_fuzz.py -q -s
 
 DMAGATE_FUZZ_SEED replays a run (QEMU's bottom halves run between qtest
-commands, so a replay follows the same path as long as the device does);
+commands, so a replay follows the same path as long as the device does).
+Without it a run takes a random seed, but under CI one fixed by the git
+tree (module seed), so a commit is always checked the same way;
 DMAGATE_FUZZ_OPS sets its length (default 100000, what CI runs). With
 DMAGATE_FUZZ_KEEP_GOING=1 an invariant violation is recorded, the phase is
 abandoned and the fuzz goes on, to see all that one seed finds; QEMU dying
@@ -33,6 +35,7 @@ always ends the run. DMAGATE_FUZZ_TRACE=1 adds the device's trace events
 The modules, each with one purpose (none imports one further down this list):
 
 - layout: the device's numbers, the machine's memory layout, small helpers
+- seed: where a run's seed comes from (given, random, or the tree's under CI)
 - report: the seed, the operation count, recent history, findings, failures
 - board: the machine (q35, root port, device), hot-plug, migration, reset
 - properties: qom-set against the properties' ranges

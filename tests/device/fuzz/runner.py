@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from dmagate.devdriver import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 from dmagate.hwregs import HW
+from dmagate.qmp import ExecuteError
 from dmagate.qtest import QTestError, QTestMachine
 
 from .aims import aims
@@ -108,17 +109,31 @@ class Fuzzer:
         board.cfg.write32(0x18, BAR2)
 
     def recover_device(self) -> None:
-        """The platform back, the device there (re-added if it went) and programmed."""
+        """The platform back, the device there (re-added if it went), quiet
+        and programmed."""
         board = self.board
-        board.platform()
-        if not board.device_exists():
-            self.rep.notes["device gone at recovery: device_add"] += 1
-            self.rep.log("the device is gone: device_add")
-            board.add_device()
-        self.props.clear_rogue()  # a dead device would not come back; none is modelled
         for _ in range(20):
+            # Work chaos left queued still runs whenever QEMU's main loop does
+            # (a QMP or qtest command is enough), and chaos may have aimed its
+            # DMA or MSI-X at the root port's slot control or bus numbers:
+            # bus mastering off as soon as the device answers, then the
+            # platform again, over whatever it wrote before that.
+            board.platform()
+            if not board.device_exists():
+                self.rep.notes["device gone at recovery: device_add"] += 1
+                self.rep.log("the device is gone: device_add")
+                board.add_device()
+            try:
+                self.props.clear_rogue()  # a dead device would not come back; none is modelled
+            except ExecuteError:
+                if board.device_exists():
+                    raise
+                continue
             if board.visible():
-                break
+                board.cfg.set_command(PCI_COMMAND_MASTER, on=False)
+                board.platform()
+                if board.visible() and board.device_exists():
+                    break
             board.qt.clock_step(100_000)
         else:
             raise FuzzFailure(self.rep.message(
