@@ -107,6 +107,8 @@ device_asan_pytest = env DMAGATE_QEMU=$(abspath $(QEMU_ASAN)) \
 vm_pytest = $(VENV)/bin/pytest $(or $(2),tests/vm) --kernel $(1) $(PYTEST_ARGS) \
 	--ignore=tests/vm/test_examples.py \
 	--junitxml=$(BUILD)/test-results/$(or $(3),vm-$(notdir $(1))).xml
+examples_pytest = $(VENV)/bin/pytest tests/vm/test_examples.py --kernel $(1) $(PYTEST_ARGS) -s \
+	--junitxml=$(BUILD)/test-results/examples-$(notdir $(1)).xml
 
 device-test: qemu ## the device model through qtest (no guest OS)
 	@$(device_pytest)
@@ -126,30 +128,27 @@ vm-test: image ## the VM tests on KERNEL
 	@$(call vm_pytest,$(KERNEL_ARG))
 
 examples: image ## run every script in examples/ against a VM of its own (KERNEL)
-	@$(VENV)/bin/pytest tests/vm/test_examples.py --kernel $(KERNEL_ARG) $(PYTEST_ARGS) -s \
-		--junitxml=$(BUILD)/test-results/examples-$(notdir $(KERNEL_ARG)).xml
+	@$(call examples_pytest,$(KERNEL_ARG))
 
 test: lint qemu qemu-asan ## everything: lint, unit, device (plain, ASan/UBSan), VM tests (TEST_KERNELS), examples
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
 	@set -e; for k in $(TEST_KERNELS); do \
 		$(MAKE) --no-print-directory image KERNEL=$$k; done
-	@$(MAKE) --no-print-directory -j$(TEST_JOBS) run/device run/device-asan
-	@$(MAKE) --no-print-directory -j$(TEST_JOBS) $(VM_RUNS)
-	@$(MAKE) --no-print-directory examples KERNEL=$(firstword $(TEST_KERNELS))
+	@$(MAKE) --no-print-directory -k -j$(TEST_JOBS) $(TEST_RUNS)
 
-# make test's runs after the builds. Each prints its output whole when it
-# ends (scripts/run-logged.sh) and leaves it in build/test-results/<run>.log.
-# The device runs (CPU-bound qtest) go first, the two of them together; then
-# the VM suites, the debug one (about 60 % of their CPU time) in two halves
-# of about equal length. The fault matrix and the rogue device tests, whose
-# faults fire inside timed windows of the device, come last in their half:
-# by then the stock suites are done and the host is less loaded.
+# make test's runs after the builds, TEST_JOBS at a time, the longest first
+# (make starts them in this order), every one to its end even when another
+# fails (-k). Each prints its output whole when it ends
+# (scripts/run-logged.sh) and leaves it in build/test-results/<run>.log.
+# The debug suite (about 60 % of the VM suites' CPU time) runs in two halves
+# of about equal length; the fault matrix and the rogue device tests, whose
+# faults fire inside timed windows of the device, come last in their half.
 DEBUG_HALF = tests/vm/test_driver_protocol.py tests/vm/test_driver_stress.py \
              tests/vm/test_rogue_device.py tests/vm/test_fault_matrix.py
 VM_KERNELS = $(filter-out debug,$(TEST_KERNELS))
-VM_RUNS    = $(if $(filter debug,$(TEST_KERNELS)),run/vm-debug-1 run/vm-debug-2) \
+VM_RUNS    = $(if $(filter debug,$(TEST_KERNELS)),run/vm-debug-2 run/vm-debug-1) \
              $(addprefix run/vm-,$(VM_KERNELS))
-TEST_RUNS  = run/device run/device-asan $(VM_RUNS)
+TEST_RUNS  = $(VM_RUNS) run/device-asan run/device run/examples
 RUN_LOGGED = scripts/run-logged.sh
 $(addprefix run/vm-,$(VM_KERNELS)): run/vm-%:
 	@$(RUN_LOGGED) "vm-test KERNEL=$*" $(BUILD)/test-results/vm-$*.log \
@@ -162,6 +161,9 @@ run/vm-debug-2:
 		$(call vm_pytest,debug,tests/vm $(addprefix --ignore=,$(DEBUG_HALF)),vm-debug-2)
 run/device:
 	@$(RUN_LOGGED) device-test $(BUILD)/test-results/device.log $(device_pytest)
+run/examples:
+	@$(RUN_LOGGED) "examples KERNEL=$(firstword $(TEST_KERNELS))" \
+		$(BUILD)/test-results/examples.log $(call examples_pytest,$(firstword $(TEST_KERNELS)))
 run/device-asan:
 	@$(RUN_LOGGED) device-test-asan $(BUILD)/test-results/device-asan.log \
 		$(device_asan_pytest)

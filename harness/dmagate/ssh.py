@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import secrets
+import select
 import shlex
 import time
 from pathlib import Path
@@ -32,6 +34,73 @@ class CommandFailed(RuntimeError):
         self.result = result
 
 
+class _Shell:
+    """A /bin/sh on one channel that runs the harness's commands one after
+    another, each as a ``sh -c`` of its own (its stdin /dev/null), and
+    marks where each one's output ends and what it exited with."""
+
+    def __init__(self, client: paramiko.SSHClient, timeout: float) -> None:
+        transport = client.get_transport()
+        if transport is None:
+            raise RuntimeError("SSH is not connected")
+        self._channel = transport.open_session(timeout=timeout)
+        self._channel.exec_command("exec /bin/sh")
+
+    @property
+    def closed(self) -> bool:
+        return self._channel.closed or self._channel.exit_status_ready()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def run(self, command: str, deadline: float) -> tuple[int, str, str]:
+        marker = f"dmagate-end-{secrets.token_hex(8)}"
+        self._channel.sendall(
+            f"sh -c {shlex.quote(command)} </dev/null; "
+            f"printf '%s %d\\n' {marker} $?; printf '%s\\n' {marker} >&2\n".encode())
+        end = marker.encode()
+        stdout, stderr = bytearray(), bytearray()
+        status: int | None = None
+        stderr_done = False
+        channel = self._channel
+        while status is None or not stderr_done:
+            if channel.recv_ready():
+                stdout += channel.recv(65536)
+                status = _strip_status(stdout, end)
+            elif channel.recv_stderr_ready():
+                stderr += channel.recv_stderr(65536)
+                if stderr.endswith(end + b"\n"):
+                    stderr_done = True
+                    del stderr[-len(end) - 1:]
+            elif channel.exit_status_ready() or channel.closed:
+                # The shell itself ended (the command powered the guest off,
+                # or killed it): what there was, and its status.
+                if status is None:
+                    status = channel.recv_exit_status() if channel.exit_status_ready() else -1
+                self.close()
+                break
+            elif time.monotonic() > deadline:
+                raise CommandTimeout(command)
+            else:
+                # Readable when either stream has data, or the channel ends.
+                select.select([channel], [], [], min(0.05, max(deadline - time.monotonic(), 0)))
+        return status, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
+
+def _strip_status(stdout: bytearray, marker: bytes) -> int | None:
+    """The status if ``stdout`` ends with the marker's line (which goes)."""
+    if not stdout.endswith(b"\n"):
+        return None
+    at = stdout.rfind(marker + b" ")
+    if at < 0:
+        return None
+    status = stdout[at + len(marker) + 1:-1]
+    if not status.isdigit():
+        return None
+    del stdout[at:]
+    return int(status)
+
+
 def host_key_from_line(line: str) -> paramiko.PKey:
     """Parse an OpenSSH public key line ("ssh-ed25519 AAAA... comment")."""
     kind, blob = line.split()[:2]
@@ -55,6 +124,7 @@ class SSH:
         self._host_key = host_key_from_line(host_key_line)
         self._transcript = transcript
         self._client: paramiko.SSHClient | None = None
+        self._shell: _Shell | None = None
 
     def connect(self, timeout: float) -> None:
         """Connect, retrying until the guest's sshd answers or ``timeout``."""
@@ -96,34 +166,27 @@ class SSH:
         return self._client
 
     def run(self, command: str, timeout: float = 60.0, check: bool = False) -> CommandResult:
-        """Run ``command`` with the guest's /bin/sh; (status, stdout, stderr)."""
+        """Run ``command`` with the guest's /bin/sh; (status, stdout, stderr).
+
+        Each command is a ``sh -c`` of its own, started by one shell that
+        stays open on one channel (``_Shell``): a channel per command costs
+        the guest a dropbear session, about 90 ms of CPU under TCG on the
+        debug kernel, against 45 ms for the ``sh -c``. A command killed by a
+        signal exits 128 + its number, as in sh.
+        """
         self._transcript.write("$", command)
         started = time.monotonic()
-        channel = self.client.get_transport().open_session(timeout=timeout)  # type: ignore[union-attr]
-        channel.settimeout(timeout)
-        channel.exec_command(command)
-        stdout, stderr = bytearray(), bytearray()
-        deadline = started + timeout
+        if self._shell is None or self._shell.closed:
+            self._shell = _Shell(self.client, timeout)
         try:
-            while not (channel.exit_status_ready() and not channel.recv_ready()
-                       and not channel.recv_stderr_ready()):
-                if time.monotonic() > deadline:
-                    raise CommandTimeout(f"{command!r} still running after {timeout:.0f} s")
-                if channel.recv_ready():
-                    stdout += channel.recv(65536)
-                elif channel.recv_stderr_ready():
-                    stderr += channel.recv_stderr(65536)
-                else:
-                    channel.status_event.wait(0.02)
-            status = channel.recv_exit_status()
-        except (TimeoutError, CommandTimeout) as err:
+            status, stdout, stderr = self._shell.run(command, started + timeout)
+        except CommandTimeout as err:
+            # The command may still run; its shell goes with the channel, and
+            # the next command gets a new one.
+            self._shell.close()
             self._transcript.write("timeout", str(err))
             raise CommandTimeout(f"{command!r} still running after {timeout:.0f} s") from err
-        finally:
-            channel.close()
-        result = CommandResult(
-            status, stdout.decode(errors="replace"), stderr.decode(errors="replace")
-        )
+        result = CommandResult(status, stdout, stderr)
         self._transcript.write(
             f"exit {status} in {time.monotonic() - started:.3f}s",
             (result.stdout + ("\n[stderr]\n" + result.stderr if result.stderr else "")),
@@ -147,6 +210,9 @@ class SSH:
             raise RuntimeError(f"upload to {remote} failed with status {status}")
 
     def close(self) -> None:
+        if self._shell is not None:
+            self._shell.close()
+            self._shell = None
         if self._client is not None:
             self._client.close()
             self._client = None

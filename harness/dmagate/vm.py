@@ -262,7 +262,14 @@ class VM:
         return int(self._child.pid)
 
     def is_running(self) -> bool:
-        return self._child is not None and bool(self._child.isalive())
+        if self._child is None:
+            return False
+        if self._console is not None and not self._console.closed:
+            # Its reader thread asks pexpect too (read_nonblocking reaps the
+            # child when it ends): two threads in waitpid race, and the loser
+            # gets ECHILD. The console closes only when QEMU is gone.
+            return True
+        return bool(self._child.isalive())
 
     def run_state(self) -> str:
         """QEMU's run state: "running", "paused", "guest-panicked", ..."""
@@ -310,7 +317,7 @@ class VM:
         assert self._child is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._child.isalive():  # reaps it and sets exitstatus
+            if not self.is_running():  # reaps it and sets exitstatus
                 return self._child.exitstatus  # type: ignore[no-any-return]
             time.sleep(0.05)
         return None
@@ -320,6 +327,8 @@ class VM:
         self.stopped = True
         if self._child is not None:
             kill_group(self._child.pid)
+            if self._console is not None:
+                self._console.join(5.0)  # before close() reaps: see is_running
             with contextlib.suppress(Exception):
                 self._child.close(force=True)
         if self._finalizer is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dmagate.hwregs import HW
+from dmagate.ssh import CommandTimeout
 from dmagate.vm import VM
 
 DEVICE_VERSION = f"{HW['VERSION_VALUE'] >> 16}\\.{HW['VERSION_VALUE'] & 0xFFFF}"
@@ -51,6 +52,21 @@ def test_ssh_status_output_and_upload(vm: VM, tmp_path: Path) -> None:
     vm.ssh.upload(local, "/tmp/payload.bin")
     remote = vm.run("sha256sum /tmp/payload.bin", check=True).stdout.split()[0]
     assert remote == hashlib.sha256(payload).hexdigest()
+
+
+def test_each_command_is_a_shell_of_its_own(vm: VM) -> None:
+    # One shell on one channel starts them all (dmagate.ssh): nothing one
+    # command does to its shell reaches the next.
+    assert vm.run("cd /tmp; X=1; exit 4").status == 4
+    assert vm.run('pwd; echo "${X:-unset}"').stdout == "/root\nunset\n"
+    assert vm.run("printf 'no newline'").stdout == "no newline"
+    assert vm.run("cat").stdout == ""  # stdin is empty, not the next command
+    status, _, err = vm.run("echo 'unbalanced")
+    assert status == 2 and "syntax error" in err, err
+    assert vm.run("kill -BUS $$").status == 128 + 7
+    with pytest.raises(CommandTimeout):
+        vm.ssh.run("sleep 60", timeout=1)
+    assert vm.run("echo after").stdout == "after\n"
 
 
 def test_qmp_sees_the_running_guest_and_device(vm: VM) -> None:
