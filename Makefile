@@ -7,7 +7,7 @@ KERNEL ?= 6.12
 # 7.3 cloud kernels, and 6.12 built with KASAN, lockdep, DMA-API debug,
 # kmemleak and fault injection (debug: ~6 min to build cold, then cached).
 TEST_KERNELS ?= 6.12 6.1 7.3 debug
-# How many of make test's VM suites (and device test runs) go side by side.
+# How many of make test's runs (VM suites, device tests, examples) go side by side.
 # A stock kernel's suite keeps a quarter to half a core busy (its guests
 # mostly wait on the device's timed faults and latencies), a debug one about
 # 0.7. Five at once on two cores was fastest here, but loaded the host so

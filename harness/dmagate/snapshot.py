@@ -10,7 +10,8 @@ from that moment, with its own QMP socket, SSH port and console.
 A snapshot lives in the image's ``snapshots/`` directory, named for what it
 depends on: the QEMU binary (path, size, mtime), the image (its manifest's
 build time) and the whole guest specification (machine, memory, kernel
-arguments, devices). Anything else makes a new one. What a restored guest
+arguments, devices). Anything else makes a new one, and one that nobody
+restored for UNUSED_DAYS is removed when another is made. What a restored guest
 does not have: its own boot (console output before the restore, a boot-time
 first), fresh entropy (every restore starts from the same random state).
 """
@@ -21,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from dmagate.health import HealthWatch
 from dmagate.vm import VM, VMError
 
 SNAPSHOT_DIR = "snapshots"
+UNUSED_DAYS = 2
 
 
 def snapshot_path(vm: VM) -> Path:
@@ -56,10 +59,22 @@ def make_snapshot(vm: VM, dest: Path) -> None:
                           f"{report.describe()}")
         vm.save_snapshot(partial)
         partial.rename(dest)  # whole, or not there
+        _prune(dest.parent)
     finally:
         vm.kill()
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+
+
+def _prune(directory: Path) -> None:
+    """Remove the snapshots nobody restored for UNUSED_DAYS (their QEMU,
+    image or options are most likely gone); a restore marks its file used."""
+    cutoff = time.time() - UNUSED_DAYS * 86400
+    for old in directory.glob("guest-*.mig"):
+        with contextlib.suppress(FileNotFoundError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+                old.with_name(f"{old.name}.lock").unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -82,4 +97,5 @@ def restored(vm: VM) -> VM:
                 make_snapshot(VM(vm.options, vm.paths, vm.accel,
                                  workdir=vm.workdir.with_name(vm.workdir.name + "-snapshot")),
                               dest)
+    os.utime(dest)  # used: see _prune
     return vm.start(restore=dest)
