@@ -72,7 +72,7 @@ class _Shell:
                 if stderr.endswith(end + b"\n"):
                     stderr_done = True
                     del stderr[-len(end) - 1:]
-            elif channel.exit_status_ready() or channel.closed:
+            elif self.closed:
                 # The shell itself ended (the command powered the guest off,
                 # or killed it): what there was, and its status.
                 if status is None:
