@@ -8,8 +8,13 @@ build time (debian_kernel.py), the debug kernel built here (debug_kernel.py),
 or a developer's own tree (kernel_tree.py). The guest driver and the
 test-only modules are built against its headers with W=1,
 the guest tools statically, and everything goes into an uncompressed newc
-initramfs together with busybox, dropbear and an init script. Keys are made
-per build and live only in the output directory.
+initramfs together with busybox, dropbear and an init script.
+
+The image is the same bytes in every checkout of the same sources on one
+machine (so a snapshot of its booted guest, dmagate.snapshot, serves them
+all): the SSH keys are made once per machine and kept in the cache, modules
+are compiled in one directory per image name (module_source_dir), and the
+initramfs carries fixed file times.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 
 from buildutil import (
     BuildError,
+    exclusive,
     installed_version,
     run,
     run_both,
@@ -45,6 +51,7 @@ from kernel_tree import kernel_from_tree
 from dmagate.cmdline import FAST_BIOS, FIRMWARE_DIRS
 from dmagate.flavours import DEBUG_FLAVOUR, FLAVOURS, FlavourError, image_dir_name, is_kernel_tree
 from dmagate.manifest import FileOutput, Manifest, PackageInput
+from dmagate.paths import cache_dir
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -60,25 +67,38 @@ CHECKPATCH_SOURCES = (GUEST_DRIVER / "dmagate.c", GUEST_DRIVER / "include/uapi/d
 GUEST_MODULES = ("virtio_pci", "virtio_net")
 OPTIONAL_GUEST_MODULES = ("pvpanic-pci",)
 USERLAND_PACKAGES = ("busybox-static", "dropbear-bin", "qemu-system-data", "seabios")
+# The file time of everything in the initramfs (the guest has no use for
+# build times, and they would make every build's archive different).
+INITRAMFS_MTIME = 0
 
 
-def build_modules(kernel: KernelInputs, out: Path) -> list[Path]:
+def module_source_dir(out: Path, kernel: KernelInputs, cache: Path) -> Path:
+    """Where the modules of the image ``out`` are compiled, as the compiler
+    sees it: the same directory for that image in every checkout, so no
+    checkout's path gets into a module (WARN()'s file names, KASAN's and
+    UBSAN's source locations, debug info). gdb's substitute-path maps it to
+    ``out``/modules-build."""
+    if kernel.build_root is None:
+        return cache / "module-builds" / out.name
+    return Path("/build") / out.name
+
+
+def build_modules(kernel: KernelInputs, out: Path, cache: Path) -> list[Path]:
     """Build every module under guest-driver/ against the kernel's headers,
-    in its build root if it has one."""
+    in its build root if it has one; the result goes to ``out``/modules-build."""
     build = out / "modules-build"
     shutil.rmtree(build, ignore_errors=True)
     sources = shutil.ignore_patterns("*.o", "*.ko", "*.mod*", ".*", "tools")
-    jobs = f"-j{os.cpu_count() or 1}"
-    if kernel.build_root is None:
-        shutil.copytree(GUEST_DRIVER, build, ignore=sources)
-        _, log = run_both(["make", "-C", kernel.kdir, f"M={build}", "W=1", "modules", jobs])
-    else:
-        inside = Path("/build") / out.name
+    inside = module_source_dir(out, kernel, cache)
+    where = inside
+    if kernel.build_root is not None:
         where = kernel.build_root.path / inside.relative_to("/")
+    make = ["make", "-C", str(kernel.kdir), f"M={inside}", "W=1", "modules",
+            f"-j{os.cpu_count() or 1}"]
+    with exclusive(where.with_name(f"{where.name}.lock")):
         shutil.rmtree(where, ignore_errors=True)
         shutil.copytree(GUEST_DRIVER, where, ignore=sources)
-        _, log = kernel.build_root.run(
-            ["make", "-C", str(kernel.kdir), f"M={inside}", "W=1", "modules", jobs])
+        _, log = run_both(make) if kernel.build_root is None else kernel.build_root.run(make)
         shutil.copytree(where, build)
         shutil.rmtree(where)
     # The driver is held to a warning-free W=1 build on every kernel flavour.
@@ -123,14 +143,30 @@ def shared_libraries(binary: Path) -> list[Path]:
     return libs
 
 
-def make_ssh_keys(out: Path) -> tuple[str, str]:
-    """Generate the guest host key (dropbear) and the harness client key.
+KEY_FILES = ("client_key", "client_key.pub", "dropbear_ed25519_host_key", "host_key.pub")
 
-    Returns the client public key line and the host public key line.
-    """
-    ssh = out / "ssh"
-    shutil.rmtree(ssh, ignore_errors=True)
-    ssh.mkdir(parents=True)
+
+def machine_ssh_keys(cache: Path) -> Path:
+    """The harness's client key and the guest's host key, made once per
+    machine (the guest is reachable from 127.0.0.1 only) and kept in
+    ``cache``/guest-ssh; returns that directory."""
+    keys = cache / "guest-ssh"
+    if all((keys / name).exists() for name in KEY_FILES):
+        return keys
+    with exclusive(cache / "guest-ssh.lock"):
+        if not all((keys / name).exists() for name in KEY_FILES):
+            made = Path(tempfile.mkdtemp(prefix="guest-ssh-", dir=cache))
+            try:
+                _generate_ssh_keys(made)
+                shutil.rmtree(keys, ignore_errors=True)
+                made.rename(keys)  # whole, or not there
+            except BaseException:
+                shutil.rmtree(made, ignore_errors=True)
+                raise
+    return keys
+
+
+def _generate_ssh_keys(ssh: Path) -> None:
     client = ed25519.Ed25519PrivateKey.generate()
     private = client.private_bytes(
         serialization.Encoding.PEM,
@@ -148,7 +184,16 @@ def make_ssh_keys(out: Path) -> tuple[str, str]:
     keygen = run(["dropbearkey", "-t", "ed25519", "-f", host_key])
     host_public = next(line for line in keygen.splitlines() if line.startswith("ssh-ed25519"))
     (ssh / "host_key.pub").write_text(host_public + "\n")
-    return public, host_public
+
+
+def install_ssh_keys(out: Path, cache: Path) -> tuple[str, str]:
+    """Copy the machine's keys into ``out``/ssh; returns the client public
+    key line and the host public key line."""
+    ssh = out / "ssh"
+    shutil.rmtree(ssh, ignore_errors=True)
+    shutil.copytree(machine_ssh_keys(cache), ssh)
+    return ((ssh / "client_key.pub").read_text().strip(),
+            (ssh / "host_key.pub").read_text().strip())
 
 
 def module_load_order(kroot: Path, release: str, wanted: Sequence[str],
@@ -246,6 +291,8 @@ def populate_rootfs(
 
 def write_cpio(rootfs: Path, dest: Path) -> None:
     """An uncompressed newc archive: the kernel unpacks it fastest under TCG."""
+    for path in (rootfs, *rootfs.rglob("*")):
+        os.utime(path, (INITRAMFS_MTIME, INITRAMFS_MTIME), follow_symlinks=False)
     names = sorted(str(p.relative_to(rootfs)) for p in rootfs.rglob("*"))
     with dest.open("wb") as archive:
         subprocess.run(
@@ -322,7 +369,7 @@ def build(
         kernel = debian_kernel(flavour, cache)
     out.mkdir(parents=True, exist_ok=True)
 
-    modules = build_modules(kernel, out)
+    modules = build_modules(kernel, out, cache)
     # Held to the checkpatch.pl of each kernel whose source is at hand.
     if kernel.checkpatch is not None:
         check_style(kernel.checkpatch)
@@ -330,7 +377,7 @@ def build(
     if driver_only:
         return None
     assert qemu_info is not None
-    client_public, host_public = make_ssh_keys(out)
+    client_public, host_public = install_ssh_keys(out, cache)
 
     boot_file = boot_kernel(kernel, out)
 
@@ -375,6 +422,7 @@ def build(
             "checkers": "yes" if kernel.has_checkers else "no",
             "pmd_pfnmap": "yes" if kernel.maps_pfns_with_pmds else "no",
             "module_build": kernel.module_build,
+            "module_source": str(module_source_dir(out, kernel, cache)),
             **({"checkpatch": str(kernel.checkpatch)} if kernel.checkpatch else {}),
             **({"kernel_tree": str(kernel.tree)} if kernel.tree is not None else {}),
             # The unstripped kernel, for gdb (dmagate.gdb): the debug build's own.
@@ -398,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cache",
         type=Path,
-        default=Path(os.environ.get("DMAGATE_CACHE", Path.home() / ".cache" / "dmagate")),
+        default=cache_dir(),
     )
     args = parser.parse_args(argv)
     if args.qemu_build_info is None and not args.driver_only:

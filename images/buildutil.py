@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import re
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -28,6 +30,15 @@ def run_both(cmd: Sequence[str | Path], cwd: Path | None = None) -> tuple[str, s
             f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
         )
     return proc.stdout, proc.stderr
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Held by one process at a time (another checkout's build, say)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def sha256_file(path: Path) -> str:

@@ -62,8 +62,13 @@ def add_symbol_file(ko: Path, sections: Mapping[str, int]) -> str:
 
 
 def gdb_command(port: int, modules: Mapping[Path, Mapping[str, int]],
-                vmlinux: Path | None = None) -> list[str]:
+                vmlinux: Path | None = None,
+                sources: tuple[str, Path] | None = None) -> list[str]:
+    """``sources``: where the modules were compiled and where their sources
+    are now (build_image compiles them in a directory of its own)."""
     argv = ["gdb", "-q", "-iex", "set confirm off", "-iex", "set pagination off"]
+    if sources is not None:
+        argv += ["-iex", f"set substitute-path {sources[0]} {sources[1]}"]
     if vmlinux is not None:
         argv.append(str(vmlinux))
     argv += ["-ex", f"target remote {GDB_HOST}:{port}"]
@@ -89,7 +94,9 @@ def vm_gdb_command(vm: VM) -> list[str]:
         modules = {}
     symbols = vm.manifest.extra.get("symbols")
     vmlinux = Path(symbols) if symbols and Path(symbols).exists() else None
-    return gdb_command(vm.gdb_port, modules, vmlinux)
+    compiled_in = vm.manifest.extra.get("module_source")
+    sources = (compiled_in, vm.image_dir / "modules-build") if compiled_in else None
+    return gdb_command(vm.gdb_port, modules, vmlinux, sources)
 
 
 def describe(vm: VM) -> str:

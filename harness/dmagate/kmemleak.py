@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from dmagate.vm import VM
@@ -51,12 +52,19 @@ def available(vm: VM) -> bool:
 
 
 def scan(vm: VM) -> list[Leak]:
-    """Wait until what was allocated just now is old enough to be reported,
-    scan (twice: kmemleak reports an object only once it stays unreferenced
-    across scans) and return every current report."""
-    vm.run(f"sleep {MIN_AGE_S}", timeout=MIN_AGE_S + 30, check=True)
-    for _ in range(2):
-        vm.run(f"echo scan > {KMEMLEAK}", timeout=120, check=True)
+    """Every current report, with what was allocated before the call.
+
+    kmemleak reports an object that a scan finds unreferenced, older than
+    its minimum age, and with the contents the scan before found: the first
+    scan only records them (it needs no minimum age), the second waits until
+    MIN_AGE_S have passed since the call (the first scan's own seconds count).
+    """
+    start = time.monotonic()
+    vm.run(f"echo scan > {KMEMLEAK}", timeout=120, check=True)
+    rest = MIN_AGE_S - (time.monotonic() - start)
+    if rest > 0:
+        vm.run(f"sleep {rest:.2f}", timeout=rest + 30, check=True)
+    vm.run(f"echo scan > {KMEMLEAK}", timeout=120, check=True)
     return parse(vm.run(f"cat {KMEMLEAK}", check=True).stdout)
 
 

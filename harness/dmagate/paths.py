@@ -9,6 +9,14 @@ from pathlib import Path
 from dmagate.flavours import DEFAULT_FLAVOUR, image_dir_name
 
 
+def cache_dir() -> Path:
+    """What outlives a checkout (downloads, QEMU and kernel builds, guest
+    keys, snapshots): $DMAGATE_CACHE, else ~/.cache/dmagate."""
+    if env := os.environ.get("DMAGATE_CACHE"):
+        return Path(env)
+    return Path.home() / ".cache" / "dmagate"
+
+
 def _find_root(start: Path) -> Path | None:
     for directory in (start, *start.parents):
         if (directory / "pyproject.toml").is_file() and (directory / "qemu-device").is_dir():

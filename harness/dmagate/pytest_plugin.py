@@ -76,12 +76,15 @@ class Bench:
         return VM(self.options(**overrides), self.paths, self.accelerator)
 
     def start_vm(self, boot: bool = False, **overrides: Any) -> VM:
-        """A running guest: restored from the snapshot of a booted one
-        (dmagate.snapshot) when it has the default options, else booted;
-        ``boot`` (or the bench's ``snapshots`` off) boots it whatever."""
+        """A running guest: restored from the snapshot of a booted one of
+        the same options (dmagate.snapshot), made the first time they are
+        asked for; ``boot`` (or the bench's ``snapshots`` off) boots it
+        whatever, and so are guests with gdb's stub (a port of their own
+        on the command line) and those of another flavour than the bench's
+        (a test's own kernel tree)."""
         vm = self.new_vm(**overrides)
-        default = replace(self.options(), name=vm.options.name)
-        if self.snapshots and not boot and vm.options == default and not self.gdb:
+        if self.snapshots and not boot and not vm.options.gdb and \
+                vm.options.flavour == self.flavour:
             return snapshot.restored(vm)
         return vm.start()
 
@@ -141,8 +144,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--boot-every-vm",
         action="store_true",
-        help="boot every VM; by default a fresh VM of the default options is restored from "
-             "a snapshot of a booted one (dmagate.snapshot)",
+        help="boot every VM; by default a fresh VM is restored from a snapshot of a booted "
+             "one of the same options (dmagate.snapshot)",
     )
     group.addoption(
         "--no-memory-dump",

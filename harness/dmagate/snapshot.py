@@ -7,42 +7,78 @@ driver bound and nothing run yet. Every later guest of the same options is
 that file loaded into a new QEMU (``VM.start(restore=...)``): it runs on
 from that moment, with its own QMP socket, SSH port and console.
 
-A snapshot lives in the image's ``snapshots/`` directory, named for what it
-depends on: the QEMU binary (path, size, mtime), the image (its manifest's
-build time) and the whole guest specification (machine, memory, kernel
-arguments, devices). Anything else makes a new one, and one that nobody
-restored for UNUSED_DAYS is removed when another is made. What a restored guest
-does not have: its own boot (console output before the restore, a boot-time
-first), fresh entropy (every restore starts from the same random state).
+Snapshots live in the cache (``dmagate.paths.cache_dir``/snapshots), shared
+by every checkout on the machine, and are named for what the guest is made
+of (``guest_identity``): the QEMU binary's and the image's bytes (an image
+is the same bytes in every checkout of the same sources, see
+images/build_image.py), the firmware and the whole QEMU command line but
+its paths. Anything else makes a new one, and one that nobody restored for
+UNUSED_DAYS is removed when another is made. What a restored guest does not
+have: its own boot (console output before the restore, a boot-time first),
+fresh entropy (every restore starts from the same random state).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
+import json
 import os
+import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
+from dmagate.cmdline import GuestSpec, build_command
 from dmagate.health import HealthWatch
+from dmagate.paths import cache_dir
 from dmagate.vm import VM, VMError
 
 SNAPSHOT_DIR = "snapshots"
 UNUSED_DAYS = 2
+# What make_snapshot saves and how: a change to it must not restore old files.
+FORMAT = 2
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        while block := data.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The file's hash, computed once per process while it is unchanged."""
+    stat = path.stat()
+    return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+def guest_identity(spec: GuestSpec, firmware: Mapping[str, str], user_qmp: bool = False) -> str:
+    """What a snapshot of the guest ``spec`` depends on, as a short hash:
+    the same for a guest of the same bytes and options in any checkout."""
+    placed = replace(spec, qemu=Path("qemu"), kernel=Path(spec.kernel.name),
+                     initrd=Path(spec.initrd.name))
+    argv = build_command(placed, Path("qmp.sock"), Path("user-qmp.sock") if user_qmp else None)
+    identity = "\n".join((
+        f"format {FORMAT}",
+        shlex.join(argv),
+        f"qemu {file_sha256(spec.qemu)}",
+        f"kernel {file_sha256(spec.kernel)}",
+        f"initrd {file_sha256(spec.initrd)}",
+        f"firmware {json.dumps(dict(firmware), sort_keys=True)}",
+    ))
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def snapshot_path(vm: VM) -> Path:
     """Where a snapshot of a guest like ``vm`` (not started) is kept."""
-    qemu = vm.spec.qemu.stat()
-    identity = "\n".join((
-        repr(vm.spec),
-        f"{vm.spec.qemu} {qemu.st_size} {qemu.st_mtime_ns}",
-        vm.manifest.built_at,
-    ))
-    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return vm.image_dir / SNAPSHOT_DIR / f"guest-{key}.mig"
+    key = guest_identity(vm.spec, vm.manifest.firmware, vm.user_qmp_socket is not None)
+    return cache_dir() / SNAPSHOT_DIR / f"guest-{key}.mig"
 
 
 def make_snapshot(vm: VM, dest: Path) -> None:

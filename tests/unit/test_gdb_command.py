@@ -44,3 +44,10 @@ def test_the_command_attaches_to_the_stub_and_loads_symbols() -> None:
     assert argv[6:] == ["/k/vmlinux", "-ex", "target remote 127.0.0.1:1234",
                         "-ex", "add-symbol-file /b/m.ko 0x1000"]
 
+
+
+def test_the_modules_sources_are_found_where_the_image_keeps_them() -> None:
+    argv = gdb_command(1234, {}, None,
+                       ("/build/image-7.3", Path("/c/build/image-7.3/modules-build")))
+    assert argv[6:8] == ["-iex", "set substitute-path /build/image-7.3 "
+                                 "/c/build/image-7.3/modules-build"]

@@ -1,6 +1,7 @@
 """Fresh guests from a snapshot (dmagate.snapshot): a guest restored into a
-new QEMU runs on from where a booted one was saved, SSH-ready with its
-driver bound, and each restored guest is a machine of its own."""
+new QEMU runs on from where a booted one of the same options was saved,
+SSH-ready with its driver bound, and each restored guest is a machine of
+its own."""
 
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ def test_fresh_guests_are_restored_and_each_is_its_own(make_vm: Callable[..., VM
     assert "dmagate" in one.run("dmesg | grep 'bound, device version'", check=True).stdout
 
 
-def test_other_options_boot_and_get_no_snapshot(make_vm: Callable[..., VM]) -> None:
-    guest = make_vm(devices=("dmagate", "dmagate"))
-    assert "-incoming" not in guest.argv
-    assert "dmagate-init: ready" in guest.console.text()
-    assert dmagatectl(guest, "list").stdout.count("driver=dmagate") == 2
+def test_other_options_get_a_snapshot_of_their_own(make_vm: Callable[..., VM]) -> None:
+    default = make_vm(name="default")
+    first, second = (make_vm(name=name, devices=("dmagate", "dmagate"))
+                     for name in ("two-first", "two-second"))
+    for guest in (first, second):
+        assert "-incoming" in guest.argv
+        assert "dmagate-init: ready" not in guest.console.text()
+        assert dmagatectl(guest, "list").stdout.count("driver=dmagate") == 2
+    assert snapshot_path(first) == snapshot_path(second) != snapshot_path(default)
+    assert dmagatectl(default, "list").stdout.count("driver=dmagate") == 1
