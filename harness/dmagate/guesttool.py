@@ -100,8 +100,17 @@ def wait_device_deleted(vm: VM, device_id: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + vm.scale(timeout)
     while not any(e["event"] == "DEVICE_DELETED" and e["data"].get("device") == device_id
                   for e in vm.qmp.events()):
-        assert time.monotonic() < deadline, f"the guest never released {device_id}"
+        assert time.monotonic() < deadline, (f"the guest never released {device_id}\n"
+                                             f"{_unplug_state(vm, device_id)}")
         time.sleep(0.2)
+
+
+def _unplug_state(vm: VM, device_id: str) -> str:
+    """What QEMU and the guest say about a device that was not released."""
+    peripherals = [p["name"] for p in vm.qmp.cmd("qom-list", path="/machine/peripheral")]
+    guest = vm.run("ls /sys/bus/pci/devices; dmesg | tail -15").stdout
+    return (f"QEMU still has {device_id}: {device_id in peripherals}; "
+            f"the guest's PCI devices and last kernel messages:\n{guest}")
 
 
 def crash_guest(vm: VM, timeout: float = 30.0) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from dmagate import kmemleak
 from dmagate import taint as taint_flags
+from dmagate.console import ConsoleTimeout
 from dmagate.splat import Splat, format_splats
 from dmagate.vm import VM
 
@@ -79,12 +80,21 @@ class HealthWatch:
 
     def check(self) -> HealthReport:
         report = HealthReport(self.vm.options.name)
+        running = self.vm.is_running()
+        state = self.vm.run_state() if running else ""
+        lagging = ""
+        if state == "running":
+            try:
+                self.vm.console_caught_up()
+            except ConsoleTimeout as err:
+                lagging = f"the console never showed the kernel's latest line: {err}"
+            except Exception:  # SSH trouble: the taint read below reports it
+                pass
         report.splats = self.vm.splats(self.console_mark)
-        if not self.vm.is_running():
+        if not running:
             if not self.vm.stopped:
                 report.problem = "QEMU exited during the test"
             return report
-        state = self.vm.run_state()
         if state != "running":
             report.problem = f"the guest is not running (QEMU: {state})"
             return report
@@ -94,4 +104,5 @@ class HealthWatch:
                 report.splats += project_leaks(self.vm)
         except Exception as err:  # any failure to ask is a finding
             report.problem = f"cannot ask the guest over SSH: {err}"
+        report.problem = report.problem or lagging
         return report

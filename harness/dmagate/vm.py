@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import shlex
 import shutil
 import tempfile
@@ -390,6 +391,16 @@ class VM:
         return self.ssh.run(command, timeout=self.scale(timeout), check=check)
 
     # -- kernel health ---------------------------------------------------------
+
+    def console_caught_up(self, timeout: float = 10.0) -> None:
+        """Wait until the console holds everything the guest kernel printed
+        so far: an SSH command can return before the kernel's messages about
+        it have left the UART. A line written to the kernel log now comes out
+        after them. ``timeout`` is scaled for the VM."""
+        token = f"dmagate-console-sync-{secrets.token_hex(4)}"
+        start = self.console.mark()
+        self.run(f"echo {token} > /dev/kmsg", check=True)
+        self.console.wait_for(re.escape(token), self.scale(timeout), start)
 
     def splats(self, since: int = 0) -> list[splat_parser.Splat]:
         """Kernel reports printed on the console since a ``console.mark()``."""
