@@ -28,7 +28,9 @@ Pure data in, violations out: ``ownership_watch`` reads both logs from a VM.
 
 from __future__ import annotations
 
+import math
 import re
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -159,9 +161,40 @@ class Window:
     start: int
     end: int | None = None
 
-    def covers(self, sess: int, offset: int, time: int) -> bool:
-        return (self.sess == sess and self.offset <= offset < self.offset + self.length
+    def covers(self, offset: int, time: int) -> bool:
+        return (self.offset <= offset < self.offset + self.length
                 and self.start <= time and (self.end is None or time <= self.end))
+
+
+@dataclass
+class WindowIndex:
+    """One session's windows by start time, to find the one that covers a
+    page at a time without going through all of them: a stress run makes
+    thousands, each over the whole buffer. ``reach[i]`` is the latest end
+    of windows[0..i] (inf while one is open): below an access's time, no
+    earlier window can cover it."""
+
+    starts: list[int]
+    windows: list[Window]
+    reach: list[float]
+
+    @classmethod
+    def of(cls, windows: list[Window]) -> WindowIndex:
+        ordered = sorted(windows, key=lambda w: w.start)
+        reach: list[float] = []
+        latest = -math.inf
+        for window in ordered:
+            latest = max(latest, math.inf if window.end is None else window.end)
+            reach.append(latest)
+        return cls([w.start for w in ordered], ordered, reach)
+
+    def covers(self, offset: int, time: int) -> bool:
+        i = bisect_right(self.starts, time) - 1
+        while i >= 0 and self.reach[i] >= time:
+            if self.windows[i].covers(offset, time):
+                return True
+            i -= 1
+        return False
 
 
 @dataclass(frozen=True)
@@ -190,6 +223,8 @@ class DeviceLedger:
     # the next time the driver reads its clock (a device that answers none
     # makes no access either, so until then nothing is judged by them).
     unstamped: list[tuple[Region | Window, str]] = field(default_factory=list)
+    # Built when accesses are judged, dropped when the record changes.
+    _window_index: dict[int, WindowIndex] = field(default_factory=dict, repr=False)
 
     def _stamp(self, time: int) -> None:
         if time == TIME_UNKNOWN:
@@ -209,6 +244,7 @@ class DeviceLedger:
             setattr(item, edge, time)
 
     def apply(self, event: TraceEvent) -> None:
+        self._window_index.clear()
         self._stamp(event.time)
         key = (event.what, event.sess, event.xfer, event.bus)
         if event.name == "map":
@@ -236,6 +272,7 @@ class DeviceLedger:
 
     def close_all(self) -> None:
         """The driver that made this record is gone (a module reload)."""
+        self._window_index.clear()
         for region in self.open_regions.values():
             region.end = self.last_time
         for window in self.open_windows.values():
@@ -269,13 +306,19 @@ class DeviceLedger:
             return f"it is {live[0].describe()}, not memory for this access"
         for region in fit:
             offset = region.offset + page * PAGE - region.bus
-            if region.what in RING_KINDS or any(
-                    w.covers(region.sess, offset, time) for w in self.windows[region.sess]):
+            if region.what in RING_KINDS or self._owned(region.sess, offset, time):
                 return ""
         region = fit[0]
         offset = region.offset + page * PAGE - region.bus
         return (f"session {region.sess}'s page at offset 0x{offset:x} belongs to the "
                 f"program then ({self._last_window(region.sess, offset, time)})")
+
+    def _owned(self, sess: int, offset: int, time: int) -> bool:
+        """Did a window give the device this page of the session at ``time``?"""
+        index = self._window_index.get(sess)
+        if index is None:
+            index = self._window_index[sess] = WindowIndex.of(self.windows[sess])
+        return index.covers(offset, time)
 
     def _last_window(self, sess: int, offset: int, time: int) -> str:
         before = [w for w in self.windows[sess]

@@ -3,11 +3,15 @@ VM suite runs it for real after every test."""
 
 from __future__ import annotations
 
+import random
+
 from dmagate.ownership import (
     TIME_UNKNOWN,
     DmaAccess,
     OwnershipLedger,
     TraceEvent,
+    Window,
+    WindowIndex,
     parse_trace,
 )
 
@@ -130,3 +134,18 @@ def test_accesses_before_the_record_began_are_not_judged() -> None:
     book = ledger()
     assert reasons(book, access(0x900000, 50)) == []
     assert book.unjudged == 1
+
+
+def test_the_window_index_answers_as_going_through_every_window() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        windows = []
+        for _ in range(rng.randrange(1, 30)):
+            start = rng.choice([rng.randrange(1000), TIME_UNKNOWN])
+            end = rng.choice([None, start + rng.randrange(200)])
+            windows.append(Window(1, rng.randrange(9), rng.randrange(8) * 4096,
+                                  rng.randrange(1, 4) * 4096, start, end))
+        index = WindowIndex.of(windows)
+        for _ in range(50):
+            offset, time = rng.randrange(12) * 4096, rng.randrange(1300)
+            assert index.covers(offset, time) == any(w.covers(offset, time) for w in windows)
