@@ -144,7 +144,8 @@ test: lint qemu qemu-asan ## everything: lint, unit, device (plain, ASan/UBSan),
 # of about equal length; the fault matrix and the rogue device tests, whose
 # faults fire inside timed windows of the device, come last in their half.
 DEBUG_HALF = tests/vm/test_driver_protocol.py tests/vm/test_driver_stress.py \
-             tests/vm/test_rogue_device.py tests/vm/test_fault_matrix.py
+             tests/vm/test_driver_alloc_failures.py tests/vm/test_rogue_device.py \
+             tests/vm/test_fault_matrix.py
 VM_KERNELS = $(filter-out debug,$(TEST_KERNELS))
 VM_RUNS    = $(if $(filter debug,$(TEST_KERNELS)),run/vm-debug-2 run/vm-debug-1) \
              $(addprefix run/vm-,$(VM_KERNELS))
