@@ -1,14 +1,19 @@
-"""Helpers the image build shares: commands, hashes, Debian's archive."""
+"""Helpers the image build shares: commands, a lock, Debian's archive."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import re
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+from dmagate.manifest import sha256_file
+
+# sha256_file: the manifest's own hash, for the modules that take it from here.
+__all__ = ["BuildError", "candidate", "depends", "download", "exclusive", "installed_version",
+           "run", "run_both", "sha256_file"]
 
 
 class BuildError(RuntimeError):
@@ -39,14 +44,6 @@ def exclusive(lock: Path) -> Iterator[None]:
     with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def installed_version(package: str) -> str:

@@ -6,6 +6,7 @@ tests read it. This module is the one definition of its shape.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,15 @@ from dmagate.flavours import DEBUG_FLAVOUR
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    """A file's sha256, as the manifest records files and packages."""
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        while block := data.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ManifestError(ValueError):

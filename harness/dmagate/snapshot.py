@@ -34,6 +34,7 @@ from pathlib import Path
 
 from dmagate.cmdline import GuestSpec, build_command
 from dmagate.health import HealthWatch
+from dmagate.manifest import sha256_file
 from dmagate.paths import cache_dir
 from dmagate.vm import VM, VMError
 
@@ -45,11 +46,7 @@ FORMAT = 2
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as data:
-        while block := data.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def file_sha256(path: Path) -> str:
