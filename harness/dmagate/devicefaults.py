@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dmagate.faultctl import QOM_CONTAINERS
+from dmagate.qmp import ExecuteError
 from dmagate.vm import VM
 
 
@@ -42,6 +43,17 @@ def device_faults(vm: VM, device: int = 0, /, **knobs: Any) -> Iterator[None]:
             vm.qmp.cmd("qom-set", path=path, property=name, value=value)
         yield
     finally:
-        if vm.is_running() and path in dmagate_paths(vm, missing_ok=True):
-            for name, value in before.items():
-                vm.qmp.cmd("qom-set", path=path, property=name, value=value)
+        if vm.is_running():
+            _restore_knobs(vm, path, before)
+
+
+def _restore_knobs(vm: VM, path: str, values: dict[str, Any]) -> None:
+    """Put ``values`` back on the device at ``path``, unless it is gone: a
+    device_del the guest is still carrying out can take it at any moment."""
+    for name, value in values.items():
+        try:
+            vm.qmp.cmd("qom-set", path=path, property=name, value=value)
+        except ExecuteError:
+            if path in dmagate_paths(vm, missing_ok=True):
+                raise
+            return

@@ -77,8 +77,12 @@ class QMP:
 
     def events(self) -> list[dict[str, Any]]:
         """Events received so far, removed from the queue."""
-        events = self.monitor.get_events(wait=False)
-        self.monitor.clear_events()
+        # One at a time: get_events() hands back only the first of the
+        # events one read brought in (and clear_events() would drop the
+        # rest), which lost DEVICE_DELETED behind ACPI's and the NIC's.
+        events = []
+        while (event := self.monitor.pull_event(wait=False)) is not None:
+            events.append(event)
         for event in events:
             self._transcript.write("event", json.dumps(event))
         return [dict(e) for e in events]
