@@ -17,11 +17,19 @@ start=$(date +%s)
 "$@" >"$log" 2>&1 </dev/null
 rc=$?
 took=$(($(date +%s) - start))
+# The CPU COMMAND and everything it waited for used (QEMU's guests
+# included): on a machine with few cores this, not the wall, is what
+# running suites side by side shares out.
+# (`times` in this shell: in a $(...) subshell it would count none of it.)
+times >"$log.times"
+cpu=$(awk 'NR == 2 { gsub(/[ms]/, " "); printf "%.0f", $1 * 60 + $2 + $3 * 60 + $4 }' \
+	"$log.times")
+rm -f "$log.times"
 if [ "$rc" = 0 ]; then verdict="passed"; else verdict="FAILED (exit $rc)"; fi
 # One printer at a time: two that finish together would mix their lines.
 exec 9>>"$(dirname "$log")/.print-lock"
 flock 9
-echo "===== $name: $verdict in $took s ====="
+echo "===== $name: $verdict in $took s ($cpu CPU-s) ====="
 cat "$log"
-echo "===== $name: $verdict in $took s ====="
+echo "===== $name: $verdict in $took s ($cpu CPU-s) ====="
 exit "$rc"
