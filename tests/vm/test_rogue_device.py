@@ -36,8 +36,13 @@ pytestmark = pytest.mark.vm
 
 ETIMEDOUT = 110
 WATCHDOG_MS = 1000
+# The late write lands 400 ms after the completion: after the program has
+# verified its data even on a loaded host (at 100 ms, a debug guest sharing
+# two cores with three others once verified after it), and well before the
+# program looks again, 1200 ms after verifying.
 LATE_WRITE = {"fault-rules": "late-write:op=transform:times=1",
-              "fault-late-write-delay-ns": 100_000_000}
+              "fault-late-write-delay-ns": 400_000_000}
+LATE_TRANSFORM = "xfer transform -s 64K --recheck 1200"
 
 
 @pytest.fixture
@@ -107,7 +112,7 @@ def test_late_write_into_given_back_pages_is_caught(vm: VM) -> None:
     # One mapping per buffer (dma_map=session): nothing stands between the
     # device and pages it has finished with.
     with device_faults(vm, **LATE_WRITE):
-        run = dmagatectl(vm, "xfer transform -s 64K --recheck 400")
+        run = dmagatectl(vm, LATE_TRANSFORM)
     assert run["verified"] == "yes", run.describe()
     assert run["recheck"] == "changed", "the late write never came"
 
@@ -118,7 +123,7 @@ def test_late_write_is_caught_behind_the_iommu(make_vm: Callable[..., VM]) -> No
     # leaves the pages mapped, so the IOMMU lets the late write through.
     guest = make_vm(devices=IOMMU_DEVICES, kernel_args=IOMMU_STRICT_ARGS)
     with device_faults(guest, **LATE_WRITE):
-        run = dmagatectl(guest, "xfer transform -s 64K --recheck 400")
+        run = dmagatectl(guest, LATE_TRANSFORM)
     assert run["recheck"] == "changed", run.describe()
 
 
@@ -126,7 +131,7 @@ def test_late_write_is_refused_with_per_transfer_mappings(make_vm: Callable[...,
     guest = make_vm(devices=IOMMU_DEVICES, kernel_args=(*IOMMU_STRICT_ARGS, "dmagate.noload"))
     guest.run("insmod /lib/modules/dmagate.ko dma_map=transfer", check=True)
     with device_faults(guest, **LATE_WRITE):
-        run = dmagatectl(guest, "xfer transform -s 64K --recheck 400")
+        run = dmagatectl(guest, LATE_TRANSFORM)
     assert run["verified"] == "yes", run.describe()
     assert run["recheck"] == "same", "the device wrote the program's pages after completion"
     refused = [a for a in get_knob(guest, "dma-log") if a["kind"] == "data" and not a["ok"]]
