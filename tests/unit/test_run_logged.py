@@ -3,7 +3,10 @@ side: a run's output stays whole, and its exit status is the command's."""
 
 from __future__ import annotations
 
+import re
+import resource
 import subprocess
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "run-logged.sh"
@@ -45,3 +48,29 @@ def test_a_missing_command_is_a_usage_error(tmp_path: Path) -> None:
                          timeout=30, check=False)
     assert run.returncode == 2
     assert "usage: run-logged.sh NAME LOG COMMAND..." in run.stderr
+
+
+def _cpu_seconds(stdout: str) -> int:
+    match = re.search(r"^===== a suite: passed in \d+ s \((\d+) CPU-s\) =====$", stdout, re.M)
+    assert match, stdout
+    return int(match.group(1))
+
+
+def test_the_verdict_line_counts_the_cpu_of_the_command_and_its_children(
+        tmp_path: Path) -> None:
+    # A grandchild that spins until it has used 1.5 s of CPU, however
+    # loaded the machine.
+    spin = f"{sys.executable} -c 'import time\nwhile time.process_time() < 1.5: pass'"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = _run(tmp_path, "sh", "-c", spin)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert run.returncode == 0
+    used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    assert used >= 1.5
+    assert abs(_cpu_seconds(run.stdout) - used) <= 1
+    assert not list((tmp_path / "logs").glob("*.times"))
+
+
+def test_a_sleeping_command_uses_no_cpu(tmp_path: Path) -> None:
+    run = _run(tmp_path, "sleep", "0.5")
+    assert _cpu_seconds(run.stdout) == 0
