@@ -70,9 +70,7 @@ class VMOptions:
     flavour: str = DEFAULT_FLAVOUR
     accel: str = "auto"
     cpus: int = 2
-    # Enough for KASAN's shadow and quarantine too; more would cost every
-    # kmemleak scan (it walks every page: 3.3 s at 1 GiB, 2.35 s at 512 MiB).
-    memory_mib: int = 512
+    memory_mib: int = 0  # 0: what the kernel flavour needs (KASAN wants more)
     devices: tuple[str, ...] = ("dmagate",)
     kernel_args: tuple[str, ...] = ()
     extra_qemu_args: tuple[str, ...] = ()
@@ -126,7 +124,7 @@ class VM:
             bios=self.manifest.firmware["bios"],
             accel=self.accel.name,
             cpus=self.options.cpus,
-            memory_mib=self.options.memory_mib,
+            memory_mib=self.options.memory_mib or (1024 if debug else 512),
             kernel_args=(*(DEBUG_KERNEL_ARGS if debug else ()),
                          *(("nokaslr",) if self.options.gdb else ()),
                          *self.options.kernel_args),
