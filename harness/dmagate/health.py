@@ -13,7 +13,7 @@ from dmagate import kmemleak
 from dmagate import taint as taint_flags
 from dmagate.console import ConsoleTimeout
 from dmagate.splat import Splat, format_splats
-from dmagate.vm import VM
+from dmagate.vm import TAINT_COMMAND, VM
 
 # Leaks count when their backtrace passes through one of the project's modules.
 PROJECT_MODULE_PREFIX = "dmagate"
@@ -83,9 +83,10 @@ class HealthWatch:
         running = self.vm.is_running()
         state = self.vm.run_state() if running else ""
         lagging = ""
+        taint_now: int | None = None
         if state == "running":
             try:
-                self.vm.console_caught_up()
+                taint_now = int(self.vm.console_caught_up(then=TAINT_COMMAND))
             except ConsoleTimeout as err:
                 lagging = f"the console never showed the kernel's latest line: {err}"
             except Exception:  # SSH trouble: the taint read below reports it
@@ -99,7 +100,9 @@ class HealthWatch:
             report.problem = f"the guest is not running (QEMU: {state})"
             return report
         try:
-            report.new_taint = self.vm.new_taint(self.taint)
+            if taint_now is None:
+                taint_now = self.vm.taint()
+            report.new_taint = taint_flags.new_taint(self.taint, taint_now)
             if self.scans_leaks:
                 report.splats += project_leaks(self.vm)
         except Exception as err:  # any failure to ask is a finding
