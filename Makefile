@@ -130,15 +130,14 @@ vm-test: image ## the VM tests on KERNEL
 examples: image ## run every script in examples/ against a VM of its own (KERNEL)
 	@$(call examples_pytest,$(KERNEL_ARG))
 
-test: lint qemu qemu-asan ## everything: lint, unit, device (plain, ASan/UBSan), VM tests (TEST_KERNELS), examples
-	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
-	@set -e; for k in $(TEST_KERNELS); do \
-		$(MAKE) --no-print-directory image KERNEL=$$k; done
+test: qemu qemu-asan ## everything: lint, unit, device (plain, ASan/UBSan), VM tests (TEST_KERNELS), examples
 	@$(MAKE) --no-print-directory -k -j$(TEST_JOBS) $(TEST_RUNS)
 
-# make test's runs after the builds, TEST_JOBS at a time, the longest first
-# (make starts them in this order), every one to its end even when another
-# fails (-k). Each prints its output whole when it ends
+# make test's runs, TEST_JOBS at a time (image builds count), lint and the
+# unit tests first, then the longest first (make starts them in this order),
+# every one to its end even when another fails (-k). A VM run starts when
+# its kernel's image is built, while the others' images build or the runs
+# that need none go on. Each prints its output whole when it ends
 # (scripts/run-logged.sh) and leaves it in build/test-results/<run>.log.
 # The debug suite (about 60 % of the VM suites' CPU time) runs in two halves
 # of about equal length; the fault matrix and the rogue device tests, whose
@@ -149,20 +148,26 @@ DEBUG_HALF = tests/vm/test_driver_protocol.py tests/vm/test_driver_stress.py \
 VM_KERNELS = $(filter-out debug,$(TEST_KERNELS))
 VM_RUNS    = $(if $(filter debug,$(TEST_KERNELS)),run/vm-debug-2 run/vm-debug-1) \
              $(addprefix run/vm-,$(VM_KERNELS))
-TEST_RUNS  = $(VM_RUNS) run/device-asan run/device run/examples
+TEST_RUNS  = run/lint run/unit $(VM_RUNS) run/device-asan run/device run/examples
 RUN_LOGGED = scripts/run-logged.sh
-$(addprefix run/vm-,$(VM_KERNELS)): run/vm-%:
+image_of   = $(BUILD)/image-$(1)/manifest.json
+run/lint:
+	@$(RUN_LOGGED) lint $(BUILD)/test-results/lint.log $(MAKE) --no-print-directory lint
+run/unit:
+	@$(RUN_LOGGED) unit-test $(BUILD)/test-results/unit.log \
+		$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
+$(addprefix run/vm-,$(VM_KERNELS)): run/vm-%: $(call image_of,%)
 	@$(RUN_LOGGED) "vm-test KERNEL=$*" $(BUILD)/test-results/vm-$*.log \
 		$(call vm_pytest,$*)
-run/vm-debug-1:
+run/vm-debug-1: $(call image_of,debug)
 	@$(RUN_LOGGED) "vm-test KERNEL=debug (1 of 2)" $(BUILD)/test-results/vm-debug-1.log \
 		$(call vm_pytest,debug,$(DEBUG_HALF),vm-debug-1)
-run/vm-debug-2:
+run/vm-debug-2: $(call image_of,debug)
 	@$(RUN_LOGGED) "vm-test KERNEL=debug (2 of 2)" $(BUILD)/test-results/vm-debug-2.log \
 		$(call vm_pytest,debug,tests/vm $(addprefix --ignore=,$(DEBUG_HALF)),vm-debug-2)
 run/device:
 	@$(RUN_LOGGED) device-test $(BUILD)/test-results/device.log $(device_pytest)
-run/examples:
+run/examples: $(call image_of,$(firstword $(TEST_KERNELS)))
 	@$(RUN_LOGGED) "examples KERNEL=$(firstword $(TEST_KERNELS))" \
 		$(BUILD)/test-results/examples.log $(call examples_pytest,$(firstword $(TEST_KERNELS)))
 run/device-asan:

@@ -1,10 +1,11 @@
 """The debug kernel flavour (KERNEL=debug): Linux 6.12 from Debian's
 linux-source-6.12 with KASAN, lockdep, DMA-API debug, kmemleak, debug
-objects and fault injection (kernel-debug.config).
+objects and fault injection (kernel-debug.config), and the patches in
+kernel-debug-patches/ applied in name order.
 
 The build is cached in ~/.cache/dmagate/kernels/debug-<key>, where the key
-hashes the source package version, the config fragment and this file, so a
-warm run reuses it; the cold build's wall time is kept beside it.
+hashes the source package version, the config fragment, the patches and this
+file, so a warm run reuses it; the cold build's wall time is kept beside it.
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ from dmagate.manifest import PackageInput
 SOURCE_PACKAGE = "linux-source-6.12"
 HERE = Path(__file__).resolve().parent
 FRAGMENT = HERE / "kernel-debug.config"
+PATCHES = HERE / "kernel-debug-patches"
+
+
+def _patches() -> list[Path]:
+    return sorted(PATCHES.glob("*.patch"))
 
 
 def _key(version: str) -> str:
     digest = hashlib.sha256()
-    for part in (version.encode(), FRAGMENT.read_bytes(), Path(__file__).read_bytes()):
+    parts = [version.encode(), FRAGMENT.read_bytes(), Path(__file__).read_bytes()]
+    parts += [p.name.encode() + p.read_bytes() for p in _patches()]
+    for part in parts:
         digest.update(part)
     return digest.hexdigest()[:16]
 
@@ -62,6 +70,8 @@ def debug_kernel(cache: Path) -> KernelInputs:
         src.mkdir()
         run(["tar", "-xJf", tarball, "-C", src, "--strip-components=1"])
         shutil.rmtree(tree / "deb")
+        for patch in _patches():
+            run(["patch", "-p1", "--batch", "--forward", "-d", src, "-i", patch])
         jobs = f"-j{os.cpu_count() or 1}"
         make = ["make", "-C", str(src), f"O={build}", jobs]
         # Only what the fragment asks for: allnoconfig, then the fragment

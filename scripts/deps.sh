@@ -26,6 +26,8 @@ readonly PACKAGES=(
 	libc6-dev libelf-dev bc dwarves zstd lz4
 	# KERNEL=7.3: its modules build in a Debian 13 build root (images/trixie_root.py)
 	debootstrap
+	# KERNEL=debug: its source patches (images/kernel-debug-patches)
+	patch
 )
 
 [ -r /etc/debian_version ] || die "needs Debian 12 (bookworm); this is not Debian"
