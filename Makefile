@@ -131,14 +131,17 @@ examples: image ## run every script in examples/ against a VM of its own (KERNEL
 	@$(call examples_pytest,$(KERNEL_ARG))
 
 test: qemu qemu-asan ## everything: lint, unit, device (plain, ASan/UBSan), VM tests (TEST_KERNELS), examples
-	@$(MAKE) --no-print-directory -k -j$(TEST_JOBS) $(TEST_RUNS)
+	@$(MAKE) --no-print-directory -k -j$(TEST_JOBS) -o deps $(TEST_RUNS)
 
 # make test's runs, TEST_JOBS at a time (image builds count), lint and the
-# unit tests first, then the longest first (make starts them in this order),
-# every one to its end even when another fails (-k). A VM run starts when
-# its kernel's image is built, while the others' images build or the runs
-# that need none go on. Each prints its output whole when it ends
-# (scripts/run-logged.sh) and leaves it in build/test-results/<run>.log.
+# unit tests first, then the longest first, every one to its end even when
+# another fails (-k). A VM run starts when its kernel's image is built,
+# while the other images build. make gives a free slot to the first run in
+# this order that is ready: the runs that need no image wait for the first
+# VM run's, or they would take the slots of the longest runs. (deps ran
+# before; -o deps keeps the runs' own makes from running it again.) Each
+# prints its output whole when it ends (scripts/run-logged.sh) and leaves
+# it in build/test-results/<run>.log.
 # The debug suite (about 60 % of the VM suites' CPU time) runs in two halves
 # of about equal length; the fault matrix and the rogue device tests, whose
 # faults fire inside timed windows of the device, come last in their half.
@@ -151,8 +154,10 @@ VM_RUNS    = $(if $(filter debug,$(TEST_KERNELS)),run/vm-debug-2 run/vm-debug-1)
 TEST_RUNS  = run/lint run/unit $(VM_RUNS) run/device-asan run/device run/examples
 RUN_LOGGED = scripts/run-logged.sh
 image_of   = $(BUILD)/image-$(1)/manifest.json
+FIRST_IMAGE = $(call image_of,$(if $(filter debug,$(TEST_KERNELS)),debug,$(firstword $(TEST_KERNELS))))
+run/device-asan run/device run/examples: | $(FIRST_IMAGE)
 run/lint:
-	@$(RUN_LOGGED) lint $(BUILD)/test-results/lint.log $(MAKE) --no-print-directory lint
+	@$(RUN_LOGGED) lint $(BUILD)/test-results/lint.log $(MAKE) --no-print-directory -o deps lint
 run/unit:
 	@$(RUN_LOGGED) unit-test $(BUILD)/test-results/unit.log \
 		$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
