@@ -131,17 +131,16 @@ examples: image ## run every script in examples/ against a VM of its own (KERNEL
 	@$(call examples_pytest,$(KERNEL_ARG))
 
 test: qemu qemu-asan ## everything: lint, unit, device (plain, ASan/UBSan), VM tests (TEST_KERNELS), examples
+	@$(MAKE) --no-print-directory -j$(TEST_JOBS) -o deps run/lint run/unit $(TEST_IMAGES)
 	@$(MAKE) --no-print-directory -k -j$(TEST_JOBS) -o deps $(TEST_RUNS)
 
-# make test's runs, TEST_JOBS at a time (image builds count), lint and the
-# unit tests first, then the longest first, every one to its end even when
-# another fails (-k). A VM run starts when its kernel's image is built,
-# while the other images build. make gives a free slot to the first run in
-# this order that is ready: the runs that need no image wait for the first
-# VM run's, or they would take the slots of the longest runs. (deps ran
-# before; -o deps keeps the runs' own makes from running it again.) Each
-# prints its output whole when it ends (scripts/run-logged.sh) and leaves
-# it in build/test-results/<run>.log.
+# make test: lint, the unit tests and the images side by side, then the
+# runs, TEST_JOBS at a time, the longest first (make starts them in this
+# order once nothing is left to build before them: with an image still to
+# build, it gave the runs that need none the first slots), every one to its
+# end even when another fails (-k). (deps ran before; -o deps keeps the
+# runs' own makes from running it again.) Each prints its output whole when
+# it ends (scripts/run-logged.sh) and leaves it in build/test-results/<run>.log.
 # The debug suite (about 60 % of the VM suites' CPU time) runs in two halves
 # of about equal length; the fault matrix and the rogue device tests, whose
 # faults fire inside timed windows of the device, come last in their half.
@@ -151,11 +150,10 @@ DEBUG_HALF = tests/vm/test_driver_protocol.py tests/vm/test_driver_stress.py \
 VM_KERNELS = $(filter-out debug,$(TEST_KERNELS))
 VM_RUNS    = $(if $(filter debug,$(TEST_KERNELS)),run/vm-debug-2 run/vm-debug-1) \
              $(addprefix run/vm-,$(VM_KERNELS))
-TEST_RUNS  = run/lint run/unit $(VM_RUNS) run/device-asan run/device run/examples
+TEST_RUNS  = $(VM_RUNS) run/device-asan run/device run/examples
 RUN_LOGGED = scripts/run-logged.sh
 image_of   = $(BUILD)/image-$(1)/manifest.json
-FIRST_IMAGE = $(call image_of,$(if $(filter debug,$(TEST_KERNELS)),debug,$(firstword $(TEST_KERNELS))))
-run/device-asan run/device run/examples: | $(FIRST_IMAGE)
+TEST_IMAGES = $(foreach k,$(TEST_KERNELS),$(call image_of,$(k)))
 run/lint:
 	@$(RUN_LOGGED) lint $(BUILD)/test-results/lint.log $(MAKE) --no-print-directory -o deps lint
 run/unit:
@@ -178,7 +176,7 @@ run/examples: $(call image_of,$(firstword $(TEST_KERNELS)))
 run/device-asan:
 	@$(RUN_LOGGED) device-test-asan $(BUILD)/test-results/device-asan.log \
 		$(device_asan_pytest)
-.PHONY: $(TEST_RUNS)
+.PHONY: $(TEST_RUNS) run/lint run/unit
 
 bench: image ## boot vs its floor, device vs host memcpy/CRC-32, the cycle vs no protection and mprotect -> build/bench/ (JSON, PNG)
 	@$(DMAGATE) --kernel $(KERNEL_ARG) bench --out $(BUILD)/bench

@@ -67,6 +67,11 @@ def test_each_command_is_a_shell_of_its_own(vm: VM) -> None:
     with pytest.raises(CommandTimeout):
         vm.ssh.run("sleep 60", timeout=1)
     assert vm.run("echo after").stdout == "after\n"
+    # The harness's own reads run in that shell itself: no process of their own.
+    shell = vm.ssh.run("echo $$", own_shell=False).stdout
+    assert vm.run("echo $PPID").stdout == shell
+    assert vm.ssh.run("echo $$; echo err >&2", own_shell=False)[1:] == (shell, "err\n")
+    assert vm.taint() == int(vm.run("cat /proc/sys/kernel/tainted").stdout)
 
 
 def test_qmp_sees_the_running_guest_and_device(vm: VM) -> None:
