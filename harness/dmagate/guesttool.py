@@ -150,8 +150,7 @@ def stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]
 def driver_param(vm: VM, name: str, value: str) -> Iterator[None]:
     """The driver's writable module parameter ``name`` at ``value`` for a block."""
     path = f"{DRIVER_PARAMS}/{name}"
-    before = vm.run(f"cat {path}", check=True).stdout.strip()
-    vm.run(f"echo {value} > {path}", check=True)
+    before = vm.run(f"cat {path} && echo {value} > {path}", check=True).stdout.strip()
     try:
         yield
     finally:

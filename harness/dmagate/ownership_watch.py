@@ -55,7 +55,8 @@ def pci_addresses(vm: VM, paths: list[str]) -> dict[str, str]:
     return out
 
 
-# One SSH round trip: the record, then the instance's count of dropped events.
+# One SSH round trip, run in the SSH shell itself (no sh -c: SSH.run's
+# own_shell): the record, then the instance's count of dropped events.
 DRAIN = (f"dmagatectl drain && echo @@dropped && "
          f"cat {TRACE_INSTANCE}/per_cpu/cpu*/stats")
 
@@ -89,7 +90,7 @@ class OwnershipWatch:
         return violations
 
     def _drain(self) -> None:
-        run = self.vm.run(DRAIN)
+        run = self.vm.run(DRAIN, own_shell=False)
         if run.status != 0:
             raise OwnershipRecordError(f"cannot drain the ownership record: {run.stderr}")
         record, _, stats = run.stdout.rpartition("@@dropped\n")
