@@ -136,11 +136,12 @@ test: qemu qemu-asan ## everything: lint, unit, device (plain, ASan/UBSan), VM t
 
 # make test: lint, the unit tests and the images side by side, then the
 # runs, TEST_JOBS at a time, the longest first (make starts them in this
-# order once nothing is left to build before them: with an image still to
-# build, it gave the runs that need none the first slots), every one to its
-# end even when another fails (-k). (deps ran before; -o deps keeps the
-# runs' own makes from running it again.) Each prints its output whole when
-# it ends (scripts/run-logged.sh) and leaves it in build/test-results/<run>.log.
+# order when none has anything left to build: with images built as the
+# runs' prerequisites, it gave the runs that need none the first slots),
+# every one to its end even when another fails (-k). deps ran before: -o
+# deps keeps the runs' own makes from running it again. Each prints its
+# output whole when it ends (scripts/run-logged.sh) and leaves it in
+# build/test-results/<run>.log.
 # The debug suite (about 60 % of the VM suites' CPU time) runs in two halves
 # of about equal length; the fault matrix and the rogue device tests, whose
 # faults fire inside timed windows of the device, come last in their half.
@@ -152,25 +153,24 @@ VM_RUNS    = $(if $(filter debug,$(TEST_KERNELS)),run/vm-debug-2 run/vm-debug-1)
              $(addprefix run/vm-,$(VM_KERNELS))
 TEST_RUNS  = $(VM_RUNS) run/device-asan run/device run/examples
 RUN_LOGGED = scripts/run-logged.sh
-image_of   = $(BUILD)/image-$(1)/manifest.json
-TEST_IMAGES = $(foreach k,$(TEST_KERNELS),$(call image_of,$(k)))
+TEST_IMAGES = $(foreach k,$(TEST_KERNELS),$(BUILD)/image-$(k)/manifest.json)
 run/lint:
 	@$(RUN_LOGGED) lint $(BUILD)/test-results/lint.log $(MAKE) --no-print-directory -o deps lint
 run/unit:
 	@$(RUN_LOGGED) unit-test $(BUILD)/test-results/unit.log \
 		$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS) --junitxml=$(BUILD)/test-results/unit.xml
-$(addprefix run/vm-,$(VM_KERNELS)): run/vm-%: $(call image_of,%)
+$(addprefix run/vm-,$(VM_KERNELS)): run/vm-%:
 	@$(RUN_LOGGED) "vm-test KERNEL=$*" $(BUILD)/test-results/vm-$*.log \
 		$(call vm_pytest,$*)
-run/vm-debug-1: $(call image_of,debug)
+run/vm-debug-1:
 	@$(RUN_LOGGED) "vm-test KERNEL=debug (1 of 2)" $(BUILD)/test-results/vm-debug-1.log \
 		$(call vm_pytest,debug,$(DEBUG_HALF),vm-debug-1)
-run/vm-debug-2: $(call image_of,debug)
+run/vm-debug-2:
 	@$(RUN_LOGGED) "vm-test KERNEL=debug (2 of 2)" $(BUILD)/test-results/vm-debug-2.log \
 		$(call vm_pytest,debug,tests/vm $(addprefix --ignore=,$(DEBUG_HALF)),vm-debug-2)
 run/device:
 	@$(RUN_LOGGED) device-test $(BUILD)/test-results/device.log $(device_pytest)
-run/examples: $(call image_of,$(firstword $(TEST_KERNELS)))
+run/examples:
 	@$(RUN_LOGGED) "examples KERNEL=$(firstword $(TEST_KERNELS))" \
 		$(BUILD)/test-results/examples.log $(call examples_pytest,$(firstword $(TEST_KERNELS)))
 run/device-asan:
