@@ -163,7 +163,11 @@ def driver_timeout(vm: VM, ms: int) -> AbstractContextManager[None]:
     return driver_param(vm, "timeout_ms", str(ms))
 
 
+def still_works(vm: VM) -> ToolRun:
+    """A TRANSFORM, verified: whether the driver and device work (after a fault)."""
+    return dmagatectl(vm, "xfer transform -s 256K")
+
+
 def assert_still_works(vm: VM) -> None:
-    """A verified TRANSFORM: the driver and device work (after a fault)."""
-    run = dmagatectl(vm, "xfer transform -s 256K")
+    run = still_works(vm)
     assert run.status == EXIT_OK, run.describe()

@@ -70,6 +70,11 @@ class HealthWatch:
     # scanned once, when the module is done with it (a scan takes ~16 s on
     # the debug kernel under TCG).
     scans_leaks: bool = True
+    # After a clean check: where its look ended (console, log, taint), the
+    # baseline for the next piece of work on this VM (``resume``). That
+    # saves the debug guest a taint read per test, and nothing the kernel
+    # prints between two tests goes unseen.
+    ended: tuple[int, int, int] | None = None
 
     @classmethod
     def begin(cls, vm: VM, from_boot: bool = False) -> HealthWatch:
@@ -78,20 +83,27 @@ class HealthWatch:
             return cls(vm, 0, 0, vm.boot_taint)
         return cls(vm, vm.console.mark(), vm.console.log_mark(), vm.taint(), scans_leaks=False)
 
+    @classmethod
+    def resume(cls, vm: VM, ended: tuple[int, int, int]) -> HealthWatch:
+        """Baseline where an earlier watch's check on ``vm`` ended."""
+        return cls(vm, *ended, scans_leaks=False)
+
     def check(self) -> HealthReport:
         report = HealthReport(self.vm.options.name)
         running = self.vm.is_running()
         state = self.vm.run_state() if running else ""
         lagging = ""
         taint_now: int | None = None
+        caught_up: tuple[int, int] | None = None
         if state == "running":
             try:
                 taint_now = int(self.vm.console_caught_up(then=TAINT_COMMAND))
+                caught_up = self.vm.console.mark(), self.vm.console.log_mark()
             except ConsoleTimeout as err:
                 lagging = f"the console never showed the kernel's latest line: {err}"
             except Exception:  # SSH trouble: the taint read below reports it
                 pass
-        report.splats = self.vm.splats(self.console_mark)
+        report.splats = self.vm.splats(self.console_mark, caught_up[0] if caught_up else None)
         if not running:
             if not self.vm.stopped:
                 report.problem = "QEMU exited during the test"
@@ -108,4 +120,6 @@ class HealthWatch:
         except Exception as err:  # any failure to ask is a finding
             report.problem = f"cannot ask the guest over SSH: {err}"
         report.problem = report.problem or lagging
+        if caught_up and taint_now is not None and not report.problem:
+            self.ended = (*caught_up, taint_now)
         return report

@@ -89,15 +89,22 @@ class Bench:
         return vm.start()
 
 
+# Where each shared VM's last check ended, the next test's baseline on it
+# (HealthWatch.resume); no value may hold the VM, or it would never go.
+_Baselines = weakref.WeakKeyDictionary[VM, tuple[int, int, int]]
+
+
 @dataclass
 class _TestVMs:
     """The VMs one test touched, with the baseline taken for each."""
 
     watches: list[HealthWatch] = field(default_factory=list)
 
-    def add(self, vm: VM, from_boot: bool) -> None:
+    def add(self, vm: VM, from_boot: bool, baselines: _Baselines) -> None:
         if all(w.vm is not vm for w in self.watches):
-            self.watches.append(HealthWatch.begin(vm, from_boot=from_boot))
+            ended = None if from_boot else baselines.pop(vm, None)
+            self.watches.append(HealthWatch.resume(vm, ended) if ended else
+                                HealthWatch.begin(vm, from_boot=from_boot))
 
 
 @dataclass
@@ -121,6 +128,7 @@ _VMS_KEY = pytest.StashKey[_TestVMs]()
 _HEALTH_KEY = pytest.StashKey[list[HealthReport]]()
 _OWNERSHIP_KEY = pytest.StashKey[_OwnershipTally]()
 _TABLES_KEY = pytest.StashKey[list[tuple[str, str]]]()
+_BASELINES_KEY = pytest.StashKey[_Baselines]()
 
 
 def record_table(config: pytest.Config, title: str, text: str) -> None:
@@ -184,6 +192,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        f"default_kernel_only(reason): the harness's own behaviour, the same on every "
+        f"kernel: collected on the default one ({DEFAULT_FLAVOUR}) only",
+    )
+    config.addinivalue_line(
+        "markers",
         "pmd_pfnmap: needs a kernel that maps a driver's PFNs with PMD entries "
         "(CONFIG_ARCH_SUPPORTS_PMD_PFNMAP, 6.12 on); deselected on others",
     )
@@ -193,6 +206,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "driver had not given it, on purpose",
     )
     config.stash[_OWNERSHIP_KEY] = _OwnershipTally()
+    config.stash[_BASELINES_KEY] = weakref.WeakKeyDictionary()
     if config.getoption("gdb_on_failure"):
         try:
             Path("/dev/tty").open().close()
@@ -208,11 +222,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.vm)
     # Not skips: on a kernel without the checkers these tests mean nothing;
     # on the debug kernel, stock-only tests repeat what others run there; a
-    # kernel without PMD-mapped PFNs has nothing for the PMD tests to see.
+    # kernel without PMD-mapped PFNs has nothing for the PMD tests to see;
+    # the harness's own tests would see the same on every other kernel.
     flavour = str(config.getoption("kernel"))
     manifest = _image_manifest(flavour)
     debug = manifest.has_checkers if manifest else flavour == DEBUG_FLAVOUR
     unfit_markers = ["stock_kernels_only" if debug else "debug_kernel"]
+    if flavour != DEFAULT_FLAVOUR:
+        unfit_markers.append("default_kernel_only")
     if manifest and not manifest.maps_pfns_with_pmds:
         unfit_markers.append("pmd_pfnmap")
     unfit = [item for item in items
@@ -245,7 +262,7 @@ def dmagate_bench(request: pytest.FixtureRequest) -> Bench:
 
 def _watch(request: pytest.FixtureRequest, vm: VM, from_boot: bool) -> None:
     vms = request.node.stash.setdefault(_VMS_KEY, _TestVMs())
-    vms.add(vm, from_boot)
+    vms.add(vm, from_boot, request.config.stash[_BASELINES_KEY])
 
 
 @pytest.fixture(scope="module")
@@ -390,6 +407,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             for watch in vms.watches:
                 watch.scans_leaks = True  # the leak it provokes, seen in the test
         item.stash[_HEALTH_KEY] = [w.check() for w in vms.watches] if vms else []
+        for watch in vms.watches if vms else []:
+            if watch.ended:
+                item.config.stash[_BASELINES_KEY][watch.vm] = watch.ended
     # Only after a body that returned: an interrupted run (SIGINT) must not
     # wait on a guest that is going away.
     if vms and not item.config.getoption("no_ownership_check"):

@@ -417,9 +417,11 @@ class VM:
         self.console.wait_for(re.escape(token), self.scale(timeout), start)
         return run.stdout
 
-    def splats(self, since: int = 0) -> list[splat_parser.Splat]:
-        """Kernel reports printed on the console since a ``console.mark()``."""
-        return splat_parser.find_splats(self.console.since(since))
+    def splats(self, since: int = 0, until: int | None = None) -> list[splat_parser.Splat]:
+        """Kernel reports printed on the console since a ``console.mark()``
+        (and before another)."""
+        return splat_parser.find_splats(self.console.since(since)[:None if until is None
+                                                                  else until - since])
 
     def taint(self) -> int:
         return int(self.run(TAINT_COMMAND, check=True, own_shell=False).stdout.strip())

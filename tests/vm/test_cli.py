@@ -17,7 +17,8 @@ from dmagate.manifest import Manifest
 from dmagate.pytest_plugin import Bench
 from dmagate.session import session_path
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.default_kernel_only("the CLI is the harness's; "
+               "test_boot boots every kernel")]
 
 
 def dmagate(bench: Bench, *args: str) -> subprocess.CompletedProcess[str]:

@@ -84,7 +84,7 @@ def test_gdb_stops_in_the_drivers_ioctl(make_vm: Callable[..., VM]) -> None:
     assert run.status == EXIT_OK, run.describe()
 
 
-@pytest.mark.stock_kernels_only("the harness's own logic; the kernel's part runs in the test above")
+@pytest.mark.default_kernel_only("the harness's own logic; the kernel's part is above")
 def test_a_failed_tests_vm_waits_paused_for_gdb(dmagate_bench: Bench) -> None:
     child = pexpect.spawn(
         sys.executable,

@@ -36,7 +36,7 @@ def test_a_panicked_guest_is_held_and_its_memory_dump_opens(make_vm: Callable[..
     assert not memdump.dump_contains(dump, b"dmagate: no such line was ever printed" * 2)
 
 
-@pytest.mark.stock_kernels_only("the harness's own logic; the kernel's part runs in the test above")
+@pytest.mark.default_kernel_only("the harness's own logic; the kernel's part is above")
 def test_a_failed_test_whose_guest_panicked_leaves_its_memory_dump(dmagate_bench: Bench) -> None:
     root = dmagate_bench.paths.root
     child = subprocess.run(

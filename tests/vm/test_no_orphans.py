@@ -30,7 +30,7 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.stock_kernels_only("the harness's own process handling, the same on every kernel")
+@pytest.mark.default_kernel_only("the harness's own process handling")
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM],
                          ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_no_qemu_survives_pytest(

@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from dmagate.guesttool import EXIT_OK, dmagatectl
 from dmagate.snapshot import snapshot_path
 from dmagate.vm import VM
+
+# Every fresh guest of every kernel's suite is restored so; these look at
+# the harness's part of it.
+pytestmark = pytest.mark.default_kernel_only("the harness's snapshots, made alike for every kernel")
 
 
 def test_fresh_guests_are_restored_and_each_is_its_own(make_vm: Callable[..., VM]) -> None:
