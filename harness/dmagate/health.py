@@ -15,6 +15,8 @@ from dmagate.console import ConsoleTimeout
 from dmagate.splat import Splat, format_splats
 from dmagate.vm import TAINT_COMMAND, VM
 
+# Ends the taint in check()'s output, where what ``also`` printed begins.
+ALSO_MARK = "@@also"
 # Leaks count when their backtrace passes through one of the project's modules.
 PROJECT_MODULE_PREFIX = "dmagate"
 
@@ -75,6 +77,8 @@ class HealthWatch:
     # saves the debug guest a taint read per test, and nothing the kernel
     # prints between two tests goes unseen.
     ended: tuple[int, int, int] | None = None
+    # What check()'s ``also`` printed (None: it did not run to its end).
+    also_output: str | None = None
 
     @classmethod
     def begin(cls, vm: VM, from_boot: bool = False) -> HealthWatch:
@@ -88,8 +92,12 @@ class HealthWatch:
         """Baseline where an earlier watch's check on ``vm`` ended."""
         return cls(vm, *ended, scans_leaks=False)
 
-    def check(self) -> HealthReport:
+    def check(self, also: str = "") -> HealthReport:
+        """``also``: a command to run after the check's own in the same SSH
+        round trip (in the SSH shell itself); its output goes to
+        ``also_output``."""
         report = HealthReport(self.vm.options.name)
+        self.also_output = None
         running = self.vm.is_running()
         state = self.vm.run_state() if running else ""
         lagging = ""
@@ -97,7 +105,11 @@ class HealthWatch:
         caught_up: tuple[int, int] | None = None
         if state == "running":
             try:
-                taint_now = int(self.vm.console_caught_up(then=TAINT_COMMAND))
+                then = f"{TAINT_COMMAND} && echo {ALSO_MARK} && {also}" if also else TAINT_COMMAND
+                taint, _, rest = self.vm.console_caught_up(then=then).partition(
+                    f"{ALSO_MARK}\n")
+                taint_now = int(taint)
+                self.also_output = rest if also else None
                 caught_up = self.vm.console.mark(), self.vm.console.log_mark()
             except ConsoleTimeout as err:
                 lagging = f"the console never showed the kernel's latest line: {err}"

@@ -63,7 +63,10 @@ DRAIN = (f"dmagatectl drain && echo @@dropped && "
 
 @dataclass
 class OwnershipWatch:
-    """One VM's ownership check, run at the end of each test that used it."""
+    """One VM's ownership check, run at the end of each test that used it:
+    ``check()``, or in two halves, ``read_device()`` then ``judge()``, when
+    the driver's record comes from a guest command that runs anyway (the
+    harness's health check's: one SSH round trip fewer per test)."""
 
     vm: VM
     ledger: OwnershipLedger = field(default_factory=OwnershipLedger)
@@ -71,29 +74,51 @@ class OwnershipWatch:
     dropped: int = 0
     checked: int = 0
     _addresses: dict[tuple[str, ...], dict[str, str]] = field(default_factory=dict)
+    _read: dict[str, list[DmaAccess]] = field(default_factory=dict)  # QOM path -> accesses
 
     def check(self) -> list[Violation]:
         """Violations since the last check; raises if a log lost entries."""
+        self.read_device()
+        return self.judge()
+
+    def read_device(self) -> None:
+        """The devices' accesses since the last check (QMP); raises if a
+        log lost entries. The driver's record of them is drained after."""
         paths = dmagate_paths(self.vm, missing_ok=True)
         key = tuple(paths)
         if key not in self._addresses:  # the same devices: the same addresses
             self._addresses = {key: pci_addresses(self.vm, paths)}
-        addresses = self._addresses[key]
-        accesses = {path: self._accesses(path) for path in paths}
+        self._read = {}  # stays so if a log lost entries: nothing half read is judged
+        self._read = {path: self._accesses(path) for path in paths}
+
+    @property
+    def drain_command(self) -> str:
+        """The guest command that drains the driver's record, if the
+        accesses read need it ("" if there are none to judge)."""
+        return DRAIN if any(self._read.values()) else ""
+
+    def judge(self, drained: str | None = None) -> list[Violation]:
+        """Violations among the accesses ``read_device`` read; ``drained``,
+        what ``drain_command`` printed (None: drain here)."""
+        accesses, self._read = self._read, {}
         if not any(accesses.values()):
             return []  # nothing to judge: the record waits in the guest
-        self._drain()
+        self._feed(self._drain() if drained is None else drained)
+        addresses = self._addresses[tuple(accesses)]
         violations: list[Violation] = []
         for path, made in accesses.items():
             self.checked += len(made)
             violations += self.ledger.check(addresses[path], made)
         return violations
 
-    def _drain(self) -> None:
+    def _drain(self) -> str:
         run = self.vm.run(DRAIN, own_shell=False)
         if run.status != 0:
             raise OwnershipRecordError(f"cannot drain the ownership record: {run.stderr}")
-        record, _, stats = run.stdout.rpartition("@@dropped\n")
+        return run.stdout
+
+    def _feed(self, drained: str) -> None:
+        record, _, stats = drained.rpartition("@@dropped\n")
         self.ledger.feed(parse_trace(record))
         dropped = sum(int(line.split(":")[1]) for line in stats.splitlines()
                       if line.startswith("dropped events:"))

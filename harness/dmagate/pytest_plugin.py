@@ -372,19 +372,35 @@ def judge_ownership(expected: list[re.Pattern[str]], violations: list[Violation]
     return "\n".join(problems)
 
 
-def _ownership_verdict(item: pytest.Item, vms: _TestVMs) -> str:
+def _read_devices(item: pytest.Item, vms: _TestVMs) -> dict[VM, str]:
+    """The first half of the ownership check: each running VM's device
+    accesses (QMP), read before the health check's guest command drains the
+    driver's record of them (``drain_command``); a VM whose log lost entries
+    maps to what went wrong."""
+    tally = item.config.stash[_OWNERSHIP_KEY]
+    errors = {}
+    for health in vms.watches:
+        if health.vm.is_running():
+            try:
+                tally.watch(health.vm).read_device()
+            except OwnershipRecordError as err:
+                errors[health.vm] = str(err)
+    return errors
+
+
+def _ownership_verdict(item: pytest.Item, vms: _TestVMs, read_errors: dict[VM, str]) -> str:
     tally = item.config.stash[_OWNERSHIP_KEY]
     expected = [re.compile(str(m.args[0]))
                 for m in item.iter_markers("expect_ownership_violation")]
     violations: list[Violation] = []
-    problems = []
+    problems = list(read_errors.values())
     for health in vms.watches:
-        if not health.vm.is_running():
+        if not health.vm.is_running() or health.vm in read_errors:
             continue
         watch = tally.watch(health.vm)
         before = watch.checked
         try:
-            violations += watch.check()
+            violations += watch.judge(health.also_output)
         except OwnershipRecordError as err:
             problems.append(str(err))
         tally.accesses += watch.checked - before
@@ -399,21 +415,29 @@ def _ownership_verdict(item: pytest.Item, vms: _TestVMs) -> str:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     ownership = ""
+    # Only after a body that returned: an interrupted run (SIGINT) must not
+    # wait on a guest that is going away.
+    owned = False
     try:
         result = yield
+        owned = not item.config.getoption("no_ownership_check")
     finally:
         vms = item.stash.get(_VMS_KEY, None)
         if vms and any("memory leak" in p.pattern for p in _expected(item)):
             for watch in vms.watches:
                 watch.scans_leaks = True  # the leak it provokes, seen in the test
-        item.stash[_HEALTH_KEY] = [w.check() for w in vms.watches] if vms else []
+        owned = owned and bool(vms)
+        read_errors = _read_devices(item, vms) if vms and owned else {}
+        tally = item.config.stash[_OWNERSHIP_KEY]
+        item.stash[_HEALTH_KEY] = [
+            w.check(also=tally.watch(w.vm).drain_command if owned and w.vm not in read_errors
+                    else "")
+            for w in vms.watches] if vms else []
         for watch in vms.watches if vms else []:
             if watch.ended:
                 item.config.stash[_BASELINES_KEY][watch.vm] = watch.ended
-    # Only after a body that returned: an interrupted run (SIGINT) must not
-    # wait on a guest that is going away.
-    if vms and not item.config.getoption("no_ownership_check"):
-        ownership = _ownership_verdict(item, vms)
+    if vms and owned:
+        ownership = _ownership_verdict(item, vms, read_errors)
     verdict = "\n".join(v for v in (judge(_expected(item), item.stash[_HEALTH_KEY]),
                                      ownership) if v)
     if verdict:
