@@ -183,7 +183,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "real_boot: the test's VMs boot (the boot is what it tests), never "
-        "restored from a snapshot"
+        "restored from a snapshot; real_boot(False), on a test of a module so marked: "
+        "its own VMs may be restored"
     )
     config.addinivalue_line(
         "markers",
@@ -282,7 +283,8 @@ def _module_vm(dmagate_bench: Bench, request: pytest.FixtureRequest) -> Iterator
 
 
 def _real_boot(request: pytest.FixtureRequest) -> bool:
-    return request.node.get_closest_marker("real_boot") is not None
+    marker = request.node.get_closest_marker("real_boot")
+    return marker is not None and (not marker.args or bool(marker.args[0]))
 
 
 @pytest.fixture

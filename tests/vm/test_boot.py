@@ -91,6 +91,8 @@ def test_console_is_interactive(vm: VM) -> None:
     vm.console.wait_for(rf"console-{int(token[:6], 16)}\b", vm.scale(10), start=mark)
 
 
+# The power-off is what it looks at, the same after a boot or a restore.
+@pytest.mark.real_boot(False)
 def test_clean_shutdown(make_vm: Callable[..., VM]) -> None:
     guest = make_vm()
     assert guest.run("echo up").stdout == "up\n"
