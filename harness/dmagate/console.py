@@ -30,6 +30,10 @@ ESCAPE_KEY = b"\x1d"  # Ctrl-], as telnet and virsh console
 class ConsoleTimeout(TimeoutError):
     """The console did not print what was waited for."""
 
+    # What the SSH command that was to show up there printed
+    # (VM.console_caught_up): it ran, and may have drained something.
+    output = ""
+
 
 class _Readable(Protocol):
     def read_nonblocking(self, size: int, timeout: float) -> bytes: ...

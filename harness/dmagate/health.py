@@ -103,18 +103,25 @@ class HealthWatch:
         lagging = ""
         taint_now: int | None = None
         caught_up: tuple[int, int] | None = None
+        output = ""
         if state == "running":
+            # ``also`` failing must not fail the check's own command (its
+            # caller sees that in its output).
+            then = (f"{TAINT_COMMAND} && echo {ALSO_MARK} && {{ {also} || true; }}" if also
+                    else TAINT_COMMAND)
             try:
-                then = f"{TAINT_COMMAND} && echo {ALSO_MARK} && {also}" if also else TAINT_COMMAND
-                taint, _, rest = self.vm.console_caught_up(then=then).partition(
-                    f"{ALSO_MARK}\n")
-                taint_now = int(taint)
-                self.also_output = rest if also else None
+                output = self.vm.console_caught_up(then=then)
+                taint_now = int(output.partition(f"{ALSO_MARK}\n")[0])
                 caught_up = self.vm.console.mark(), self.vm.console.log_mark()
             except ConsoleTimeout as err:
                 lagging = f"the console never showed the kernel's latest line: {err}"
+                output = err.output
             except Exception:  # SSH trouble: the taint read below reports it
                 pass
+        # Kept whatever else failed: what ``also`` did (a drain) is done.
+        _, marked, rest = output.partition(f"{ALSO_MARK}\n")
+        if also and marked:
+            self.also_output = rest
         report.splats = self.vm.splats(self.console_mark, caught_up[0] if caught_up else None)
         if not running:
             if not self.vm.stopped:
@@ -132,6 +139,9 @@ class HealthWatch:
         except Exception as err:  # any failure to ask is a finding
             report.problem = f"cannot ask the guest over SSH: {err}"
         report.problem = report.problem or lagging
-        if caught_up and taint_now is not None and not report.problem:
+        # Only after a clean check: a splat the kernel printed on its own
+        # between the taint read and the console mark would leave its taint
+        # to the next test.
+        if caught_up and taint_now is not None and report.clean:
             self.ended = (*caught_up, taint_now)
         return report

@@ -118,7 +118,9 @@ class OwnershipWatch:
         return run.stdout
 
     def _feed(self, drained: str) -> None:
-        record, _, stats = drained.rpartition("@@dropped\n")
+        record, marked, stats = drained.rpartition("@@dropped\n")
+        if not marked:  # dmagatectl drain failed (its stderr went with the command's)
+            raise OwnershipRecordError(f"cannot drain the ownership record:\n{drained}")
         self.ledger.feed(parse_trace(record))
         dropped = sum(int(line.split(":")[1]) for line in stats.splitlines()
                       if line.startswith("dropped events:"))

@@ -282,8 +282,8 @@ def _module_vm(dmagate_bench: Bench, request: pytest.FixtureRequest) -> Iterator
         )
 
 
-def _real_boot(request: pytest.FixtureRequest) -> bool:
-    marker = request.node.get_closest_marker("real_boot")
+def _real_boot(node: pytest.Item | pytest.Collector) -> bool:
+    marker = node.get_closest_marker("real_boot")
     return marker is not None and (not marker.args or bool(marker.args[0]))
 
 
@@ -293,7 +293,9 @@ def vm(_module_vm: list[VM], dmagate_bench: Bench, request: pytest.FixtureReques
         _module_vm.pop().kill()
     if not _module_vm:
         name = re.sub(r"\W+", "-", request.module.__name__.rsplit(".", 1)[-1])
-        _module_vm.append(dmagate_bench.start_vm(boot=_real_boot(request), name=name))
+        # The module's marker, not the test's: the VM is the module's.
+        module = request.node.getparent(pytest.Module) or request.node
+        _module_vm.append(dmagate_bench.start_vm(boot=_real_boot(module), name=name))
     _watch(request, _module_vm[0], from_boot=False)
     return _module_vm[0]
 
@@ -311,7 +313,7 @@ def make_vm(
 
     def factory(**overrides: Any) -> VM:
         overrides.setdefault("name", re.sub(r"\W+", "-", request.node.name)[:40])
-        vm = dmagate_bench.start_vm(boot=_real_boot(request), **overrides)
+        vm = dmagate_bench.start_vm(boot=_real_boot(request.node), **overrides)
         made.append(vm)
         _watch(request, vm, from_boot=True)
         return vm
@@ -387,6 +389,8 @@ def _read_devices(item: pytest.Item, vms: _TestVMs) -> dict[VM, str]:
                 tally.watch(health.vm).read_device()
             except OwnershipRecordError as err:
                 errors[health.vm] = str(err)
+            except Exception as err:  # QMP trouble: the health check must run all the same
+                errors[health.vm] = f"cannot read the device's DMA log: {err}"
     return errors
 
 
@@ -517,6 +521,8 @@ def _hold_for_gdb(item: pytest.Item, vms: list[VM]) -> None:
         return
     lines = []
     for vm in held:
+        # What the guest prints for being held (an RCU stall) is no next test's.
+        item.config.stash[_BASELINES_KEY].pop(vm, None)
         command = gdb.describe(vm)  # the module addresses, read while it runs
         vm.qmp.cmd("stop")
         lines.append(f"dmagate {vm.options.name}: paused, gdb stub on "

@@ -30,7 +30,7 @@ from dmagate import gdb
 from dmagate import splat as splat_parser
 from dmagate.accel import Accelerator, resolve_accelerator
 from dmagate.cmdline import GuestSpec, build_command, ssh_forward_port
-from dmagate.console import Console
+from dmagate.console import Console, ConsoleTimeout
 from dmagate.flavours import CHECKERS_SLOWDOWN, DEFAULT_FLAVOUR
 from dmagate.manifest import Manifest
 from dmagate.paths import BuildPaths
@@ -414,7 +414,11 @@ class VM:
         start = self.console.mark()
         run = self.run(f"echo {token} > /dev/kmsg" + (f" && {then}" if then else ""),
                        check=True, own_shell=False)
-        self.console.wait_for(re.escape(token), self.scale(timeout), start)
+        try:
+            self.console.wait_for(re.escape(token), self.scale(timeout), start)
+        except ConsoleTimeout as err:
+            err.output = run.stdout
+            raise
         return run.stdout
 
     def splats(self, since: int = 0, until: int | None = None) -> list[splat_parser.Splat]:
