@@ -63,10 +63,10 @@ DRAIN = (f"dmagatectl drain && echo @@dropped && "
 
 @dataclass
 class OwnershipWatch:
-    """One VM's ownership check, run at the end of each test that used it:
-    ``check()``, or in two halves, ``read_device()`` then ``judge()``, when
-    the driver's record comes from a guest command that runs anyway (the
-    harness's health check's: one SSH round trip fewer per test)."""
+    """One VM's ownership check, run at the end of each test that used it
+    in two halves: ``read_device()``, then ``judge()`` with the driver's
+    record drained by a guest command that runs anyway (the harness's
+    health check's: one SSH round trip fewer per test), or by itself."""
 
     vm: VM
     ledger: OwnershipLedger = field(default_factory=OwnershipLedger)
@@ -75,11 +75,6 @@ class OwnershipWatch:
     checked: int = 0
     _addresses: dict[tuple[str, ...], dict[str, str]] = field(default_factory=dict)
     _read: dict[str, list[DmaAccess]] = field(default_factory=dict)  # QOM path -> accesses
-
-    def check(self) -> list[Violation]:
-        """Violations since the last check; raises if a log lost entries."""
-        self.read_device()
-        return self.judge()
 
     def read_device(self) -> None:
         """The devices' accesses since the last check (QMP); raises if a

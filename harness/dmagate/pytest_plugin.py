@@ -428,21 +428,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
         result = yield
         owned = not item.config.getoption("no_ownership_check")
     finally:
-        vms = item.stash.get(_VMS_KEY, None)
-        if vms and any("memory leak" in p.pattern for p in _expected(item)):
+        vms = item.stash.get(_VMS_KEY, None) or _TestVMs()
+        if any("memory leak" in p.pattern for p in _expected(item)):
             for watch in vms.watches:
                 watch.scans_leaks = True  # the leak it provokes, seen in the test
-        owned = owned and bool(vms)
-        read_errors = _read_devices(item, vms) if vms and owned else {}
+        owned = owned and bool(vms.watches)
+        read_errors = _read_devices(item, vms) if owned else {}
         tally = item.config.stash[_OWNERSHIP_KEY]
         item.stash[_HEALTH_KEY] = [
             w.check(also=tally.watch(w.vm).drain_command if owned and w.vm not in read_errors
                     else "")
-            for w in vms.watches] if vms else []
-        for watch in vms.watches if vms else []:
+            for w in vms.watches]
+        for watch in vms.watches:
             if watch.ended:
                 item.config.stash[_BASELINES_KEY][watch.vm] = watch.ended
-    if vms and owned:
+    if owned:
         ownership = _ownership_verdict(item, vms, read_errors)
     verdict = "\n".join(v for v in (judge(_expected(item), item.stash[_HEALTH_KEY]),
                                      ownership) if v)
